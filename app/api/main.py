@@ -1,0 +1,61 @@
+"""The FastAPI application, built by `create_app()`."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.metrics import Metrics, MetricsMiddleware
+from app.api.routes import jobs, service
+from app.core.models import model_spec
+from app.core.queue import JobQueue
+from app.core.settings import Settings, get_settings
+from app.core.storage import open_storage
+from app.core.store import JobStore
+
+
+def build_services(settings: Settings) -> Services:
+    """Connect to Redis and storage; nothing is contacted until the first request."""
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+    store = JobStore(redis, settings.result_ttl)
+    spec = model_spec(settings)
+    return Services(
+        settings=settings,
+        redis=redis,
+        store=store,
+        queue=JobQueue(redis, store, settings.job_timeout),
+        storage=open_storage(settings.storage_url),
+        models={spec.name: spec},
+        default_model=spec.name,
+        metrics=Metrics(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new API app; `settings` defaults to the environment's."""
+    services = build_services(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.redis.close()
+
+    app = FastAPI(
+        title="ldm-serve",
+        version="1",
+        summary="Asynchronous text-to-image and image-to-image generation.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(service.router)
+    app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    return app

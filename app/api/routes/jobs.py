@@ -1,0 +1,106 @@
+"""The /v1/jobs resource: submit, poll, cancel, fetch images."""
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from app.api.deps import Services, ServicesDep
+from app.api.errors import PROBLEM_RESPONSE
+from app.core.errors import ImageNotFound, JobConflict, JobNotFound
+from app.core.images import decode_init_image, to_png
+from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, new_job_id
+from app.core.resolve import resolve_request, select_model
+from app.core.storage import ObjectNotFound, image_key, init_image_key
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# An id that cannot exist is simply not found (never a 422 that leaks the id format).
+JobId = Annotated[str, Path(description="The job id, as returned by submit.")]
+IMAGE_CACHE = "private, max-age=86400, immutable"
+
+
+def _load(services: Services, job_id: str) -> Job:
+    """The job with its live queue position; `JobNotFound` for unknown or malformed ids."""
+    job = services.store.get(job_id) if re.fullmatch(JOB_ID_PATTERN, job_id) else None
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
+    if job.status is JobStatus.QUEUED:
+        spec = services.models.get(job.model)
+        position = services.queue.position(job_id, spec) if spec else None
+        # Popped by a worker but not yet started: it is next, not gone.
+        job.queue_position = 0 if position is None else position
+    return job
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    responses={413: PROBLEM_RESPONSE, 422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE},
+)
+def submit_job(body: JobCreate, services: ServicesDep, response: Response) -> Job:
+    """Submit a text-to-image job, or image-to-image when `init_image` is given."""
+    settings = services.settings
+    spec = select_model(body.model, services.models, services.default_model)
+    init_image = None
+    if body.init_image is not None:
+        init_image = decode_init_image(
+            body.init_image, settings.max_init_image_bytes, settings.max_init_image_pixels
+        )
+    params = resolve_request(body, spec, settings, init_image.size if init_image else None)
+    job_id = new_job_id()
+    if init_image is not None:
+        # Workers read a normalised PNG from storage; the queue payload stays small.
+        services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
+    services.queue.submit(job_id, params, spec)
+    services.metrics.jobs_submitted.labels(spec.name).inc()
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return _load(services, job_id)
+
+
+@router.get("/{job_id}", response_model=Job, responses={404: PROBLEM_RESPONSE})
+def get_job(job_id: JobId, services: ServicesDep) -> Job:
+    """Poll a job: its state, progress, queue position and, once done, its images."""
+    return _load(services, job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=Job,
+    responses={404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
+)
+def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
+    """Cancel a job: a queued one at once, a running one at its next denoising step."""
+    job = _load(services, job_id)
+    if job.status.is_terminal():
+        raise JobConflict(f"job {job_id} is already {job.status.value}")
+    before = services.queue.cancel(job_id, services.models[job.model])
+    if before is None:
+        raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
+    if before.is_terminal():
+        raise JobConflict(f"job {job_id} is already {before.value}")
+    return _load(services, job_id)
+
+
+@router.get(
+    "/{job_id}/images/{index}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        404: PROBLEM_RESPONSE,
+    },
+)
+def get_image(job_id: JobId, index: int, services: ServicesDep) -> Response:
+    """The bytes of image `index` of a succeeded job."""
+    job = _load(services, job_id)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise ImageNotFound(f"job {job_id} is {job.status.value}; images come once it succeeds")
+    if not 0 <= index < len(job.images):
+        raise ImageNotFound(f"job {job_id} has images 0..{len(job.images) - 1}")
+    info = job.images[index]
+    try:
+        data = services.storage.get(image_key(job_id, index, job.request.output_format))
+    except ObjectNotFound:
+        raise ImageNotFound(f"image {index} of job {job_id} is no longer stored") from None
+    return Response(data, media_type=info.content_type, headers={"Cache-Control": IMAGE_CACHE})

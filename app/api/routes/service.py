@@ -1,0 +1,68 @@
+"""Service endpoints: liveness, readiness, metrics, the served models."""
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from app.api.deps import ServicesDep
+from app.api.errors import PROBLEM_RESPONSE, RETRY_AFTER_S, problem
+from app.api.schemas import Health, ModelLimits, ModelList, ModelPublic
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: answers while the process runs."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: PROBLEM_RESPONSE})
+def readyz(services: ServicesDep) -> Health | JSONResponse:
+    """Readiness: 200 when the queue store answers, else 503."""
+    try:
+        services.redis.ping()
+    except RedisError:
+        return problem(
+            503, "the queue store does not answer", headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
+    return Health(status="ready")
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    for spec in services.models.values():
+        try:
+            services.metrics.queue_depth.labels(spec.name).set(services.queue.depth(spec))
+        except RedisError:
+            pass  # A scrape must not fail because Redis is down; readyz says so.
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"])
+def list_models(services: ServicesDep) -> ModelList:
+    """The served models with their defaults, limits and queue length."""
+    settings = services.settings
+    limits = ModelLimits(
+        max_side=settings.max_side,
+        max_pixels=settings.max_pixels,
+        max_steps=settings.max_steps,
+        max_images=settings.max_images,
+    )
+    return ModelList(
+        models=[
+            ModelPublic(
+                name=spec.name,
+                default=spec.name == services.default_model,
+                native_width=spec.native_size,
+                native_height=spec.native_size,
+                default_steps=spec.default_steps,
+                default_guidance_scale=spec.default_guidance_scale,
+                limits=limits,
+                queue_length=services.queue.depth(spec),
+            )
+            for spec in services.models.values()
+        ]
+    )

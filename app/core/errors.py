@@ -1,0 +1,55 @@
+"""Service errors, raised anywhere and turned into HTTP answers only at the HTTP layer."""
+
+from dataclasses import dataclass
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    title = "Service error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class JobNotFound(ServiceError):
+    """No job with that id, or it has expired."""
+
+    title = "Job not found"
+
+
+class ImageNotFound(ServiceError):
+    """The job has no image at that index (yet)."""
+
+    title = "Image not found"
+
+
+class JobConflict(ServiceError):
+    """The job is in a state that does not allow the operation."""
+
+    title = "Conflict"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One bad field of a request: where it is and how to fix it."""
+
+    field: str
+    message: str
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed but breaks a rule that depends on settings or the model."""
+
+    title = "Invalid request"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+class QueueUnavailable(ServiceError):
+    """The queue store (Redis) does not answer."""
+
+    title = "Service unavailable"

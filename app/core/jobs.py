@@ -1,0 +1,131 @@
+"""The job: request schema, states and record, shared by API and worker (one definition)."""
+
+import os
+import time
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_SEED = 2**32 - 1
+OutputFormat = Literal["png", "jpeg", "webp"]
+Mode = Literal["text-to-image", "image-to-image"]
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; only `queued` and `running` can still change."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        """True once the job can no longer change."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+class JobCreate(BaseModel):
+    """The body of `POST /v1/jobs`. Bounds that depend on the deployment are checked later."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: Prompt = Field(description="What to draw; 1..2000 characters after trimming.")
+    negative_prompt: str | None = Field(None, max_length=2000)
+    init_image: str | None = Field(
+        None,
+        description="Base64 or data URL of a PNG, JPEG or WebP; present means image-to-image.",
+    )
+    strength: float = Field(
+        0.8, gt=0, le=1, description="How far to move away from init_image (only with it)."
+    )
+    width: int | None = Field(None, ge=64, multiple_of=8, description="Defaults to native size.")
+    height: int | None = Field(None, ge=64, multiple_of=8, description="Defaults to native size.")
+    num_inference_steps: int | None = Field(None, ge=1, description="Defaults to the model's.")
+    guidance_scale: float | None = Field(None, ge=0, le=30, description="Defaults to the model's.")
+    num_images: int = Field(1, ge=1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent.")
+    output_format: OutputFormat = "png"
+    model: str | None = Field(None, description="A served model; the server default when absent.")
+
+
+class JobParams(BaseModel):
+    """A validated request with every default filled in and the seed resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    negative_prompt: str | None
+    mode: Mode
+    strength: float | None
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    num_images: int
+    seed: int
+    output_format: OutputFormat
+    model: str
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps actually run: image-to-image skips the first (1 - strength) of the schedule."""
+        if self.strength is None:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+
+
+class ImageInfo(BaseModel):
+    url: str
+    width: int
+    height: int
+    seed: int
+    content_type: str
+
+
+class JobError(BaseModel):
+    code: str = Field(description="out_of_memory, timeout, worker_lost, invalid_input, internal")
+    message: str
+
+
+class Job(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    status: JobStatus
+    model: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = None
+    progress: Progress | None = None
+    cancel_requested: bool = False
+    request: JobParams
+    images: list[ImageInfo] = []
+    error: JobError | None = None
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+JOB_ID_PATTERN = r"^j_[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+def new_job_id() -> str:
+    """A ULID-style id: sortable by creation time, 80 random bits, safe in URLs and keys."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    return "j_" + "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def image_url(job_id: str, index: int) -> str:
+    """The stable API path of image `index` of a job."""
+    return f"/v1/jobs/{job_id}/images/{index}"

@@ -1,0 +1,85 @@
+"""Turn a client's `JobCreate` into `JobParams`: model defaults, deployment limits, the seed."""
+
+import secrets
+
+from app.core.errors import FieldError, InvalidRequest
+from app.core.images import fit_size
+from app.core.jobs import MAX_SEED, JobCreate, JobParams
+from app.core.models import ModelSpec
+from app.core.settings import Settings
+
+
+def select_model(name: str | None, served: dict[str, ModelSpec], default: str) -> ModelSpec:
+    """The spec of the requested model, or the default; `InvalidRequest` if it is not served."""
+    spec = served.get(name or default)
+    if spec is None:
+        raise InvalidRequest(
+            [FieldError("body.model", f"not a served model; choose one of {sorted(served)}")]
+        )
+    return spec
+
+
+def resolve_request(
+    body: JobCreate,
+    spec: ModelSpec,
+    settings: Settings,
+    init_size: tuple[int, int] | None = None,
+) -> JobParams:
+    """Fill defaults and check the bounds that depend on settings; raise `InvalidRequest`."""
+    errors: list[FieldError] = []
+    img2img = init_size is not None
+    if "strength" in body.model_fields_set and not img2img:
+        errors.append(FieldError("body.strength", "strength only applies with init_image"))
+
+    if init_size and body.width is None and body.height is None:
+        # Image-to-image keeps the init image's aspect unless told otherwise.
+        width, height = fit_size(*init_size, settings.max_side, settings.max_pixels)
+    else:
+        width = body.width or spec.native_size
+        height = body.height or spec.native_size
+    for field, side in (("width", width), ("height", height)):
+        if side > settings.max_side:
+            errors.append(FieldError(f"body.{field}", f"must be at most {settings.max_side}"))
+    if width * height > settings.max_pixels:
+        errors.append(
+            FieldError("body.width", f"width*height must be at most {settings.max_pixels} pixels")
+        )
+
+    steps = body.num_inference_steps or spec.default_steps
+    if steps > settings.max_steps:
+        errors.append(
+            FieldError("body.num_inference_steps", f"must be at most {settings.max_steps}")
+        )
+    elif img2img and int(steps * body.strength) < 1:
+        errors.append(
+            FieldError(
+                "body.strength",
+                f"strength {body.strength} with {steps} steps runs no denoising step; "
+                "raise strength or num_inference_steps",
+            )
+        )
+    if body.num_images > settings.max_images:
+        errors.append(FieldError("body.num_images", f"must be at most {settings.max_images}"))
+    # A drawn seed leaves room for seed + i of every image.
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images + 2)
+    if seed + body.num_images - 1 > MAX_SEED:
+        errors.append(FieldError("body.seed", f"seed + num_images - 1 must be at most {MAX_SEED}"))
+    if errors:
+        raise InvalidRequest(errors)
+
+    return JobParams(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        mode="image-to-image" if img2img else "text-to-image",
+        strength=body.strength if img2img else None,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=(
+            spec.default_guidance_scale if body.guidance_scale is None else body.guidance_scale
+        ),
+        num_images=body.num_images,
+        seed=seed,
+        output_format=body.output_format,
+        model=spec.name,
+    )

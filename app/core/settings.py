@@ -1,0 +1,52 @@
+"""Service settings: one class, read from `LDM_*` environment variables by API and worker."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything that differs between deployments; nothing is configured by editing code."""
+
+    model_config = SettingsConfigDict(env_prefix="LDM_", extra="ignore")
+
+    # Where things are
+    redis_url: str = "redis://localhost:6379/0"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    storage_url: str = Field(
+        default_factory=lambda: (Path("data") / "images").resolve().as_uri(),
+        description="file:///path for a local folder",
+    )
+
+    # The model this deployment serves
+    model: str = Field("tiny-sd", description="tiny-sd, a diffusers model id or a local folder")
+    model_cache: Path = Path(".cache/models")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    default_steps: int | None = Field(None, ge=1, description="overrides the model's default")
+    default_guidance_scale: float | None = Field(None, ge=0, le=30)
+
+    # Limits a request must stay within
+    max_side: int = Field(1024, ge=64)
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64)
+    max_steps: int = Field(100, ge=1)
+    max_images: int = Field(4, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_init_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_init_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+
+    # Job lifetime
+    job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")
+    result_ttl: int = Field(24 * 3600, ge=60, description="seconds a finished job is kept")
+
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once; tests build their own `Settings`."""
+    return Settings()

@@ -1,0 +1,88 @@
+"""Object storage behind one small interface; a local folder by default."""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+class Storage(Protocol):
+    """Where workers write images and the API reads them."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` under `key`, replacing what was there."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under `key`; `ObjectNotFound` if there are none."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with `prefix/`."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Keys are slash-separated safe names: no '..', no absolute paths, no surprises."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class LocalStorage:
+    """A folder on a disk that API and workers share (zero set-up, one machine or a volume)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half an image.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def delete_prefix(self, prefix: str) -> None:
+        folder = self._path(prefix)
+        for path in sorted(folder.glob("**/*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        if folder.is_dir():
+            folder.rmdir()
+
+
+def open_storage(url: str) -> Storage:
+    """The backend named by `LDM_STORAGE_URL`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///absolute/path")
+
+
+def image_key(job_id: str, index: int, output_format: str) -> str:
+    """Where image `index` of a job is stored."""
+    return f"{job_id}/{index}.{output_format}"
+
+
+def init_image_key(job_id: str) -> str:
+    """Where the API leaves a job's (normalised, PNG) init image for the worker."""
+    return f"{job_id}/init.png"

@@ -1,0 +1,5 @@
+"""`python -m worker`: one worker for the configured model."""
+
+from worker.main import main
+
+main()

@@ -1,0 +1,41 @@
+"""Worker start-up: load and warm the pipeline, then take jobs from the model's queue."""
+
+import logging
+import time
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from app.core.models import model_spec
+from app.core.settings import get_settings
+from app.core.storage import open_storage
+from app.core.store import JobStore
+from worker import tasks
+from worker.pipeline import ResidentPipeline
+from worker.runner import Runner
+
+log = logging.getLogger("worker")
+
+
+def main() -> None:
+    """Run one worker in the foreground until SIGTERM/SIGINT (it finishes the current job)."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    spec = model_spec(settings)
+    started = time.perf_counter()
+    pipeline = ResidentPipeline.load(settings)
+    pipeline.warm_up(spec.native_size)
+    log.info("pipeline ready in %.1f s on %s", time.perf_counter() - started, pipeline.device)
+
+    redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+    store = JobStore(redis, settings.result_ttl)
+    storage = open_storage(settings.storage_url)
+    tasks.install(Runner(pipeline, store, storage, settings.job_timeout))
+    # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
+    # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
+    queue = Queue(spec.queue_name, connection=redis, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer)
+    worker.work(with_scheduler=False, logging_level=settings.log_level)

@@ -1,0 +1,98 @@
+"""Runs one job on the resident pipeline and records how it ended, whatever happens."""
+
+import gc
+import io
+import logging
+
+import torch
+from PIL import Image
+from rq.timeouts import JobTimeoutException
+
+from app.core.images import encode_image
+from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
+from app.core.storage import Storage, image_key, init_image_key
+from app.core.store import JobStore
+from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
+
+log = logging.getLogger(__name__)
+
+
+class JobCanceled(Exception):
+    """Raised from the step callback when the client canceled the running job."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # CPU allocators raise a plain RuntimeError where CUDA raises OutOfMemoryError.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+class Runner:
+    """Turns a queued job into stored images and a terminal state."""
+
+    def __init__(
+        self, pipeline: ResidentPipeline, store: JobStore, storage: Storage, job_timeout: int
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.storage = storage
+        self.job_timeout = job_timeout
+
+    def run(self, job_id: str, params: JobParams) -> None:
+        """Run the job unless it was canceled first; re-raise failures so RQ records them too."""
+        if not self.store.start(job_id, params.denoising_steps):
+            log.info("job %s was canceled or expired before it started", job_id)
+            return
+        try:
+            self._generate_and_store(job_id, params)
+        except JobCanceled:
+            self.store.mark_canceled(job_id)
+            log.info("job %s canceled", job_id)
+        except JobTimeoutException:
+            self._fail(job_id, "timeout", f"the job ran longer than {self.job_timeout} s")
+            raise
+        except InvalidInput as exc:
+            self._fail(job_id, "invalid_input", str(exc))
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                self._fail(job_id, "internal", "the worker failed to run the job")
+                raise
+            # Drop every reference to the failed run's tensors before freeing the cache.
+            del exc
+            gc.collect()
+            free_memory(self.pipeline.device)
+            self._fail(
+                job_id, "out_of_memory", "not enough memory; ask for fewer or smaller images"
+            )
+
+    def _fail(self, job_id: str, code: str, message: str) -> None:
+        log.warning("job %s failed: %s", job_id, code)
+        self.store.fail(job_id, JobError(code=code, message=message))
+
+    def _on_step(self, job_id: str, step: int) -> None:
+        if self.store.report_progress(job_id, step):
+            raise JobCanceled(job_id)
+
+    def _generate_and_store(self, job_id: str, params: JobParams) -> None:
+        init_image = None
+        if params.mode == "image-to-image":
+            init_image = Image.open(io.BytesIO(self.storage.get(init_image_key(job_id))))
+        images = self.pipeline.generate(
+            params, init_image, on_step=lambda step: self._on_step(job_id, step)
+        )
+        content_type = CONTENT_TYPES[params.output_format]
+        infos = []
+        for index, image in enumerate(images):
+            data = encode_image(image, params.output_format)
+            self.storage.put(image_key(job_id, index, params.output_format), data, content_type)
+            infos.append(
+                ImageInfo(
+                    url=image_url(job_id, index),
+                    width=image.width,
+                    height=image.height,
+                    seed=params.seed + index,
+                    content_type=content_type,
+                )
+            )
+        self.store.succeed(job_id, infos)

@@ -1,0 +1,141 @@
+"""A tiny random-weight Stable Diffusion pipeline, built offline from configuration.
+
+It has the real SD-1.x architecture (cross-attention UNet, 8x VAE, CLIP text encoder,
+Euler scheduler) at toy size, so tests and benchmarks exercise the production loading
+and inference path in tens of milliseconds without downloading any weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+TINY_MODEL_NAME = "tiny-sd"
+
+_MAX_LENGTH = 77  # CLIP's context length; the pipeline pads/truncates prompts to this
+_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+# A handful of merges so BPE actually merges something; the weights are random anyway.
+_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("o", "n</w>")]
+
+
+def _build_tokenizer() -> CLIPTokenizer:
+    """Build a byte-level CLIP BPE tokenizer entirely in memory (no hub access)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    # Every byte maps to one of these 256 chars, so any unicode prompt is encodable
+    # without an unknown token; "</w>" variants cover word-final pieces.
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    tokens += ["".join(pair) for pair in _MERGES]
+    tokens += list(_SPECIAL_TOKENS)
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=_MAX_LENGTH)
+
+
+def _build_pipeline() -> StableDiffusionPipeline:
+    # Imported lazily: this module is importable where torch is not installed (API image).
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _build_tokenizer()
+    # Fixed seed: every build (any process, any machine) yields identical weights.
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=32,
+    )
+    # Four blocks -> three downsamplings -> latent scale factor 8, as in real SD.
+    vae = AutoencoderKL(
+        sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_model(target: Path) -> Path:
+    """Build the tiny pipeline and save it to ``target`` atomically; return ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so the final rename stays on one filesystem and is atomic. Not mkdtemp:
+    # its 0700 mode would survive the rename and hide the model from other users.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        _build_pipeline().save_pretrained(tmp, safe_serialization=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # A concurrent builder won the race (target now exists, non-empty);
+            # its output is identical, so keep it and drop ours.
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_tiny_model(cache_dir: Path) -> Path:
+    """Return ``cache_dir / TINY_MODEL_NAME``, building it first if it is missing."""
+    target = Path(cache_dir) / TINY_MODEL_NAME
+    if not (target / "model_index.json").is_file():
+        build_tiny_model(target)
+    return target
