@@ -68,7 +68,7 @@ class ResidentPipeline:
         source = model_source(settings)
         log.info("loading %s on %s as %s", source, device, dtype)
         pipe = AutoPipelineForText2Image.from_pretrained(
-            source, torch_dtype=dtype, cache_dir=settings.model_cache
+            source, dtype=dtype, cache_dir=settings.model_cache
         )
         return cls(pipe.to(device), device)
 

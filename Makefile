@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make run` (API + Redis + one worker) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench system-deps
+
+# torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m scripts.run_local
+
+# Tests start their own redis-server; the packaging tests lint with docker-compose.
+system-deps:
+	bash scripts/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.throughput

@@ -1,0 +1,26 @@
+"""API tests: the real app in-process over its ASGI interface, a real Redis, no worker."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from app.api.main import create_app
+from app.core.settings import Settings
+
+
+@pytest.fixture
+def client(settings: Settings, redis: Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def assert_problem(response, status: int) -> dict:
+    """The response is an RFC 9457 problem of that status; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert "Traceback" not in response.text
+    return body

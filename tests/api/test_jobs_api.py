@@ -1,0 +1,136 @@
+import base64
+import io
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.jobs import ImageInfo, image_url
+from app.core.storage import image_key, init_image_key
+from tests.api.conftest import assert_problem
+
+
+def png_b64(size: tuple[int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "green").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_submit_answers_202_with_location_and_resolved_request(client: TestClient) -> None:
+    response = client.post("/v1/jobs", json={"prompt": "  a red circle "})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["queue_position"] == 0
+    assert job["model"] == "tiny-sd" and job["images"] == [] and job["error"] is None
+    request = job["request"]
+    assert request["prompt"] == "a red circle"
+    assert (request["width"], request["height"], request["num_inference_steps"]) == (64, 64, 20)
+    assert isinstance(request["seed"], int) and "init_image" not in request
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_image_to_image_submit_stores_the_init_image(client: TestClient) -> None:
+    body = {"prompt": "a cat", "init_image": "data:image/png;base64," + png_b64((96, 72))}
+    job = client.post("/v1/jobs", json=body).json()
+    assert job["request"]["mode"] == "image-to-image"
+    assert job["request"]["strength"] == 0.8
+    assert (job["request"]["width"], job["request"]["height"]) == (96, 72)
+    services = client.app.state.services
+    stored = Image.open(io.BytesIO(services.storage.get(init_image_key(job["id"]))))
+    assert stored.size == (96, 72)
+
+
+def test_queue_positions_count_from_zero(client: TestClient) -> None:
+    ids = [client.post("/v1/jobs", json={"prompt": f"p{i}"}).json()["id"] for i in range(3)]
+    assert [client.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids] == [0, 1, 2]
+
+
+def test_validation_errors_name_every_bad_field(client: TestClient) -> None:
+    response = client.post(
+        "/v1/jobs",
+        json={"prompt": "", "width": 65, "guidance_scale": 99, "output_format": "gif", "x": 1},
+    )
+    body = assert_problem(response, 422)
+    fields = {e["field"] for e in body["errors"]}
+    assert fields == {
+        "body.prompt",
+        "body.width",
+        "body.guidance_scale",
+        "body.output_format",
+        "body.x",
+    }
+
+
+def test_settings_limits_are_422_with_the_field(client: TestClient) -> None:
+    body = assert_problem(client.post("/v1/jobs", json={"prompt": "a", "num_images": 99}), 422)
+    assert body["errors"] == [{"field": "body.num_images", "message": "must be at most 4"}]
+    body = assert_problem(client.post("/v1/jobs", json={"prompt": "a", "model": "nope"}), 422)
+    assert body["errors"][0]["field"] == "body.model"
+    body = assert_problem(client.post("/v1/jobs", json={"prompt": "a", "strength": 0.5}), 422)
+    assert body["errors"][0]["field"] == "body.strength"
+
+
+def test_bad_init_image_never_reaches_the_queue(client: TestClient) -> None:
+    body = assert_problem(client.post("/v1/jobs", json={"prompt": "a", "init_image": "@@"}), 422)
+    assert body["errors"][0]["field"] == "body.init_image"
+    assert client.app.state.services.redis.dbsize() == 0
+
+
+def test_malformed_json_and_missing_body(client: TestClient) -> None:
+    response = client.post(
+        "/v1/jobs", content=b'{"prompt": ', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422)
+    assert_problem(client.post("/v1/jobs"), 422)
+
+
+def test_oversized_body_is_413_with_or_without_length(client: TestClient) -> None:
+    limit = client.app.state.services.settings.max_body_bytes
+    big = b'{"prompt": "' + b"a" * limit + b'"}'
+    headers = {"content-type": "application/json"}
+    assert_problem(client.post("/v1/jobs", content=big, headers=headers), 413)
+
+    def chunks():
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    assert_problem(client.post("/v1/jobs", content=chunks(), headers=headers), 413)
+
+
+def test_unknown_and_malformed_ids_are_404(client: TestClient) -> None:
+    for job_id in [
+        "j_01H00000000000000000000000",
+        "nope",
+        "..%2F..%2Fetc%2Fpasswd",
+        "j_" + "Z" * 26,
+    ]:
+        assert_problem(client.get(f"/v1/jobs/{job_id}"), 404)
+        assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 404)
+        assert_problem(client.get(f"/v1/jobs/{job_id}/images/0"), 404)
+
+
+def test_cancel_queued_then_conflict(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json={"prompt": "a"}).json()["id"]
+    response = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] == "canceled" and response.json()["finished_at"]
+    assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409)
+
+
+def test_images_only_for_succeeded_jobs_and_in_range(client: TestClient) -> None:
+    services = client.app.state.services
+    job_id = client.post("/v1/jobs", json={"prompt": "a", "output_format": "webp"}).json()["id"]
+    assert_problem(client.get(f"/v1/jobs/{job_id}/images/0"), 404)
+    # Play the worker's part by hand: the model is beside the point here.
+    services.store.start(job_id, 20)
+    services.storage.put(image_key(job_id, 0, "webp"), b"RIFF-bytes", "image/webp")
+    info = ImageInfo(
+        url=image_url(job_id, 0), width=64, height=64, seed=1, content_type="image/webp"
+    )
+    services.store.succeed(job_id, [info])
+    response = client.get(f"/v1/jobs/{job_id}/images/0")
+    assert response.status_code == 200 and response.content == b"RIFF-bytes"
+    assert response.headers["content-type"] == "image/webp"
+    assert_problem(client.get(f"/v1/jobs/{job_id}/images/1"), 404)
+    assert_problem(client.get(f"/v1/jobs/{job_id}/images/-1"), 404)
+    assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409)

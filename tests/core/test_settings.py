@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.models import model_spec
+from app.core.settings import Settings
+
+
+def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LDM_REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("LDM_PORT", "9000")
+    monkeypatch.setenv("LDM_MAX_STEPS", "30")
+    monkeypatch.setenv("LDM_JOB_TIMEOUT", "45")
+    monkeypatch.setenv("REDIS_URL", "redis://ignored:1/0")  # no prefix, no effect
+    settings = Settings()
+    assert settings.redis_url == "redis://cache:6380/2"
+    assert (settings.port, settings.max_steps, settings.job_timeout) == (9000, 30, 45)
+
+
+def test_defaults_run_offline_on_one_machine() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.model == "tiny-sd"
+    assert settings.device == "auto"
+    assert settings.storage_url.startswith("file:///")
+    assert settings.storage_url.endswith("/data/images")
+    assert settings.model_cache == Path(".cache/models")
+
+
+def test_rejects_nonsense_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LDM_PORT", "70000")
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_model_spec_of_tiny_model_and_overrides() -> None:
+    spec = model_spec(Settings(model="tiny-sd"))
+    assert (spec.name, spec.native_size, spec.default_steps) == ("tiny-sd", 64, 20)
+    assert spec.queue_name == "ldm:tiny-sd"
+    spec = model_spec(Settings(model="tiny-sd", default_steps=7, default_guidance_scale=0.0))
+    assert (spec.default_steps, spec.default_guidance_scale) == (7, 0.0)
+
+
+def test_model_spec_reads_native_size_from_a_local_folder(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"sample_size": 96}')
+    (tmp_path / "vae" / "config.json").write_text('{"block_out_channels": [1, 2, 3, 4]}')
+    assert model_spec(Settings(model=str(tmp_path))).native_size == 768
+    assert model_spec(Settings(model="stabilityai/sd-turbo")).default_steps == 1

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from app.core.storage import LocalStorage, ObjectNotFound, check_key, open_storage
+
+
+def test_local_round_trip_and_replace(tmp_path: Path) -> None:
+    storage = open_storage((tmp_path / "store").as_uri())
+    storage.put("j_1/0.png", b"first", "image/png")
+    storage.put("j_1/0.png", b"second", "image/png")
+    assert storage.get("j_1/0.png") == b"second"
+    assert (tmp_path / "store" / "j_1" / "0.png").read_bytes() == b"second"
+    assert not [p for p in (tmp_path / "store").rglob(".tmp-*")]
+
+
+def test_missing_object(tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        LocalStorage(tmp_path).get("j_1/0.png")
+
+
+def test_delete_prefix_removes_only_that_job(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("j_1/0.png", b"a", "image/png")
+    storage.put("j_1/1.png", b"b", "image/png")
+    storage.put("j_2/0.png", b"c", "image/png")
+    storage.delete_prefix("j_1")
+    assert not (tmp_path / "j_1").exists()
+    assert storage.get("j_2/0.png") == b"c"
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../../b", "a//b", "a/./b", "", "a\\b"])
+def test_keys_cannot_escape_the_root(key: str) -> None:
+    with pytest.raises(ValueError):
+        check_key(key)
+
+
+def test_unknown_scheme_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unsupported storage URL"):
+        open_storage("ftp://host/path")

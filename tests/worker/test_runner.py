@@ -1,0 +1,127 @@
+"""The runner records how every job ends: real Redis and storage, real or stand-in pipeline."""
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from redis import Redis
+from rq.timeouts import JobTimeoutException
+
+from app.core.jobs import JobParams, JobStatus, new_job_id
+from app.core.models import ModelSpec
+from app.core.queue import JobQueue
+from app.core.storage import LocalStorage, image_key
+from app.core.store import JobStore
+from tests.worker.conftest import make_params
+from worker.pipeline import ResidentPipeline
+from worker.runner import Runner
+
+SPEC = ModelSpec(name="tiny-sd", native_size=64, default_steps=4, default_guidance_scale=7.5)
+
+
+class Failing:
+    """A stand-in pipeline that fails the way a real one can (the model is beside the point)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def generate(self, *args: object, **kwargs: object) -> list[Image.Image]:
+        raise self.error
+
+
+@pytest.fixture
+def queue(redis: Redis) -> JobQueue:
+    return JobQueue(redis, JobStore(redis, result_ttl=600), job_timeout=30)
+
+
+def submitted(queue: JobQueue, params: JobParams) -> str:
+    job_id = new_job_id()
+    queue.submit(job_id, params, SPEC)
+    return job_id
+
+
+def test_success_stores_every_image_and_records_it(
+    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path)
+    params = make_params(num_images=2, seed=10, output_format="jpeg")
+    job_id = submitted(queue, params)
+    Runner(resident, queue.store, storage, 30).run(job_id, params)
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert (job.progress.step, job.progress.total_steps) == (4, 4)
+    assert [(i.seed, i.content_type, i.url) for i in job.images] == [
+        (10, "image/jpeg", f"/v1/jobs/{job_id}/images/0"),
+        (11, "image/jpeg", f"/v1/jobs/{job_id}/images/1"),
+    ]
+    stored = Image.open(io.BytesIO(storage.get(image_key(job_id, 1, "jpeg"))))
+    assert stored.format == "JPEG" and stored.size == (64, 64)
+
+
+def test_cancel_flag_stops_at_the_next_step(
+    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+) -> None:
+    params = make_params(num_inference_steps=10)
+    job_id = submitted(queue, params)
+    store = queue.store
+    runner = Runner(resident, store, LocalStorage(tmp_path), 30)
+    real_report = store.report_progress
+
+    def cancel_after_three(job: str, step: int) -> bool:
+        if step == 3:
+            queue.cancel(job, SPEC)  # the API's cancel, arriving while the job runs
+        return real_report(job, step)
+
+    store.report_progress = cancel_after_three  # type: ignore[method-assign]
+    runner.run(job_id, params)
+    job = store.get(job_id)
+    assert job.status is JobStatus.CANCELED and job.progress.step == 3 and not job.images
+
+
+def test_job_canceled_before_start_is_skipped(queue: JobQueue, tmp_path: Path) -> None:
+    params = make_params()
+    job_id = submitted(queue, params)
+    queue.cancel(job_id, SPEC)
+    Runner(Failing(AssertionError("must not run")), queue.store, LocalStorage(tmp_path), 30).run(
+        job_id, params
+    )
+    assert queue.store.get(job_id).status is JobStatus.CANCELED
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reraised"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), "out_of_memory", False),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory"), "out_of_memory", False),
+        (JobTimeoutException("too long"), "timeout", True),
+        (KeyError("secret internals"), "internal", True),
+    ],
+)
+def test_failures_get_a_code_and_the_worker_goes_on(
+    queue: JobQueue,
+    resident: ResidentPipeline,
+    tmp_path: Path,
+    error: BaseException,
+    code: str,
+    reraised: bool,
+) -> None:
+    params = make_params()
+    job_id = submitted(queue, params)
+    runner = Runner(Failing(error), queue.store, LocalStorage(tmp_path), 30)
+    if reraised:  # so that RQ's failed-job registry agrees with the job record
+        with pytest.raises(type(error)):
+            runner.run(job_id, params)
+    else:
+        runner.run(job_id, params)
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == code
+    assert "secret" not in job.error.message
+    # The same worker serves the next job.
+    runner.pipeline = resident
+    next_id = submitted(queue, params)
+    runner.run(next_id, params)
+    assert queue.store.get(next_id).status is JobStatus.SUCCEEDED
