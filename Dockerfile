@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     LDM_STORAGE_URL=file:///data/images \
     LDM_MODEL_CACHE=/data/models
 
@@ -34,6 +35,7 @@ WORKDIR /srv/ldm-serve
 
 # ---------------------------------------------------------------------------------------------
 # The API: light, no torch. Installs only the base dependencies of pyproject.toml.
+# (Installing as root, then running as ldm: the installed code is read-only to the service.)
 FROM base AS api
 
 COPY pyproject.toml README.md ./
@@ -48,7 +50,7 @@ ENV LDM_HOST=0.0.0.0 \
     LDM_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('LDM_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status != 200)"]
 CMD ["python", "-m", "app"]
 
 # ---------------------------------------------------------------------------------------------

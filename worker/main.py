@@ -33,7 +33,7 @@ def main() -> None:
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
     storage = open_storage(settings.storage_url)
-    tasks.install(Runner(pipeline, store, storage, settings.job_timeout))
+    tasks.install(Runner(pipeline, store, storage))
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     queue = Queue(spec.queue_name, connection=redis, serializer=JSONSerializer)

@@ -6,6 +6,7 @@ import logging
 
 import torch
 from PIL import Image
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from app.core.images import encode_image
@@ -31,13 +32,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class Runner:
     """Turns a queued job into stored images and a terminal state."""
 
-    def __init__(
-        self, pipeline: ResidentPipeline, store: JobStore, storage: Storage, job_timeout: int
-    ) -> None:
+    def __init__(self, pipeline: ResidentPipeline, store: JobStore, storage: Storage) -> None:
         self.pipeline = pipeline
         self.store = store
         self.storage = storage
-        self.job_timeout = job_timeout
 
     def run(self, job_id: str, params: JobParams) -> None:
         """Run the job unless it was canceled first; re-raise failures so RQ records them too."""
@@ -50,7 +48,10 @@ class Runner:
             self.store.mark_canceled(job_id)
             log.info("job %s canceled", job_id)
         except JobTimeoutException:
-            self._fail(job_id, "timeout", f"the job ran longer than {self.job_timeout} s")
+            # The limit travels with the queued job (set by the API that accepted it).
+            rq_job = get_current_job()
+            limit = f"{rq_job.timeout} s" if rq_job else "its time"
+            self._fail(job_id, "timeout", f"the job ran longer than {limit}")
             raise
         except InvalidInput as exc:
             self._fail(job_id, "invalid_input", str(exc))

@@ -4,7 +4,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def redis(server_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def make_worker(redis: Redis) -> Iterator:
+def make_worker(redis: Redis) -> Iterator[Callable[..., SimpleWorker]]:
     """Register RQ workers (birth and one heartbeat, no `work()`); their death at teardown."""
     workers: list[SimpleWorker] = []
 

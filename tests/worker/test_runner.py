@@ -50,7 +50,7 @@ def test_success_stores_every_image_and_records_it(
     storage = LocalStorage(tmp_path)
     params = make_params(num_images=2, seed=10, output_format="jpeg")
     job_id = submitted(queue, params)
-    Runner(resident, queue.store, storage, 30).run(job_id, params)
+    Runner(resident, queue.store, storage).run(job_id, params)
     job = queue.store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert (job.progress.step, job.progress.total_steps) == (4, 4)
@@ -68,7 +68,7 @@ def test_cancel_flag_stops_at_the_next_step(
     params = make_params(num_inference_steps=10)
     job_id = submitted(queue, params)
     store = queue.store
-    runner = Runner(resident, store, LocalStorage(tmp_path), 30)
+    runner = Runner(resident, store, LocalStorage(tmp_path))
     real_report = store.report_progress
 
     def cancel_after_three(job: str, step: int) -> bool:
@@ -86,7 +86,7 @@ def test_job_canceled_before_start_is_skipped(queue: JobQueue, tmp_path: Path) -
     params = make_params()
     job_id = submitted(queue, params)
     queue.cancel(job_id, SPEC)
-    Runner(Failing(AssertionError("must not run")), queue.store, LocalStorage(tmp_path), 30).run(
+    Runner(Failing(AssertionError("must not run")), queue.store, LocalStorage(tmp_path)).run(
         job_id, params
     )
     assert queue.store.get(job_id).status is JobStatus.CANCELED
@@ -111,7 +111,7 @@ def test_failures_get_a_code_and_the_worker_goes_on(
 ) -> None:
     params = make_params()
     job_id = submitted(queue, params)
-    runner = Runner(Failing(error), queue.store, LocalStorage(tmp_path), 30)
+    runner = Runner(Failing(error), queue.store, LocalStorage(tmp_path))
     if reraised:  # so that RQ's failed-job registry agrees with the job record
         with pytest.raises(type(error)):
             runner.run(job_id, params)

@@ -1,0 +1,113 @@
+"""A whole local deployment on free ports (Redis, API, workers) for end-to-end tests, benches."""
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis
+from rq import Queue, Worker
+
+from app.core.jobs import JobStatus
+from scripts.procs import free_port, start_python, start_redis, stop, wait_until
+
+TERMINAL = {s.value for s in JobStatus if s.is_terminal()}
+
+
+class LocalStack:
+    """Starts what it needs, stops exactly what it started (by pid)."""
+
+    def __init__(self, workdir: Path, model_cache: Path, **settings: str) -> None:
+        self.workdir = workdir
+        self.redis_port = free_port()
+        self.env = {
+            "LDM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "LDM_HOST": "127.0.0.1",
+            "LDM_STORAGE_URL": (workdir / "images").as_uri(),
+            "LDM_MODEL_CACHE": str(model_cache),
+            "LDM_DEVICE": "cpu",
+            "LDM_LOG_LEVEL": "WARNING",
+        } | settings
+        self.redis_proc: subprocess.Popen | None = None
+        self.apis: list[tuple[subprocess.Popen, httpx.Client]] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "LocalStack":
+        self.redis_proc = start_redis(self.redis_port, self.workdir / "redis")
+        self.redis = Redis.from_url(self.env["LDM_REDIS_URL"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.workers:
+            stop(proc)
+        for proc, client in self.apis:
+            client.close()
+            stop(proc)
+        self.redis.close()
+        if self.redis_proc:
+            stop(self.redis_proc)
+
+    @property
+    def http(self) -> httpx.Client:
+        """A client of the first API process."""
+        return self.apis[0][1]
+
+    def start_api(self, **settings: str) -> httpx.Client:
+        """One more API process (its own settings may differ), ready when this returns."""
+        port = free_port()
+        env = self.env | {"LDM_PORT": str(port)} | settings
+        proc = start_python("app", env, self.workdir / f"api-{port}.log")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+        def ready() -> bool:
+            try:
+                return client.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, "API", proc)
+        self.apis.append((proc, client))
+        return client
+
+    def start_worker(self, queue: str = "ldm:tiny-sd", timeout: float = 120) -> subprocess.Popen:
+        """One more worker; ready once it listens on its model's queue."""
+        before = {w.name for w in self.live_workers(queue)}
+        log = self.workdir / f"worker-{len(self.workers)}.log"
+        proc = start_python("worker", self.env, log)
+        wait_until(
+            lambda: {w.name for w in self.live_workers(queue)} - before != set(),
+            timeout, f"worker (see {log})", proc,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def live_workers(self, queue: str = "ldm:tiny-sd") -> list[Worker]:
+        """RQ workers registered on that queue."""
+        return Worker.all(queue=Queue(queue, connection=self.redis))
+
+    def submit(self, body: dict[str, Any], client: httpx.Client | None = None) -> dict[str, Any]:
+        """POST a job; fails unless the API accepted it."""
+        response = (client or self.http).post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET a job."""
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        response.raise_for_status()
+        return response.json()
+
+    def wait(self, job_id: str, until: set[str] = TERMINAL, timeout: float = 60,
+             poll: float = 0.02) -> dict[str, Any]:
+        """Poll until the job's status is in `until`; returns that job."""
+        deadline = time.monotonic() + timeout
+        while (job := self.job(job_id))["status"] not in until:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(poll)
+        return job
+
+    def image(self, job: dict[str, Any], index: int = 0) -> httpx.Response:
+        """GET an image of a job by its URL."""
+        return self.http.get(job["images"][index]["url"])
