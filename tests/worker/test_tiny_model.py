@@ -7,12 +7,12 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
+hub_constants = pytest.importorskip("huggingface_hub.constants")
 
 from worker.tiny_model import TINY_MODEL_NAME, build_tiny_model, ensure_tiny_model  # noqa: E402
 
@@ -25,7 +25,7 @@ def offline() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         # huggingface_hub reads the variable once at import, so the env alone is too late.
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
         def refuse(*args: object, **kwargs: object) -> None:
             raise OSError("network access attempted in an offline test")
@@ -33,6 +33,16 @@ def offline() -> Iterator[None]:
         mp.setattr(socket.socket, "connect", refuse)
         mp.setattr(socket.socket, "connect_ex", refuse)
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread: the ops are too small to gain from more, and on a busy box
+    OpenMP threads spin-waiting for a taken core made one 20-step call take over 30 s."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +139,12 @@ def test_ensure_reuses_existing_model(cache_dir: Path, model_dir: Path) -> None:
 
 
 def test_builds_are_deterministic(model_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
     with offline():
         other = build_tiny_model(tmp_path / "again")
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG stream is untouched
     files = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(other) for p in other.rglob("*") if p.is_file())
     assert UNET_WEIGHTS in files
