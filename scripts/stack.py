@@ -77,7 +77,9 @@ class LocalStack:
         proc = start_python("worker", self.env, log)
         wait_until(
             lambda: {w.name for w in self.live_workers(queue)} - before != set(),
-            timeout, f"worker (see {log})", proc,
+            timeout,
+            f"worker (see {log})",
+            proc,
         )
         self.workers.append(proc)
         return proc
@@ -98,8 +100,9 @@ class LocalStack:
         response.raise_for_status()
         return response.json()
 
-    def wait(self, job_id: str, until: set[str] = TERMINAL, timeout: float = 60,
-             poll: float = 0.02) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, until: set[str] = TERMINAL, timeout: float = 60, poll: float = 0.02
+    ) -> dict[str, Any]:
         """Poll until the job's status is in `until`; returns that job."""
         deadline = time.monotonic() + timeout
         while (job := self.job(job_id))["status"] not in until:

@@ -27,7 +27,7 @@ def main() -> None:
     spec = model_spec(settings)
     started = time.perf_counter()
     pipeline = ResidentPipeline.load(settings)
-    pipeline.warm_up(spec.native_size)
+    pipeline.warm_up(spec, settings)
     log.info("pipeline ready in %.1f s on %s", time.perf_counter() - started, pipeline.device)
 
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)

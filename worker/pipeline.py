@@ -9,8 +9,9 @@ import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
-from app.core.jobs import JobParams
-from app.core.models import TINY_MODEL
+from app.core.jobs import JobCreate, JobParams
+from app.core.models import TINY_MODEL, ModelSpec
+from app.core.resolve import resolve_request
 from app.core.settings import Settings
 from worker.tiny_model import ensure_tiny_model
 
@@ -123,23 +124,10 @@ class ResidentPipeline:
         with torch.inference_mode():
             return pipe(**kwargs).images
 
-    def warm_up(self, native_size: int) -> None:
+    def warm_up(self, spec: ModelSpec, settings: Settings) -> None:
         """One small run so the first job does not pay for lazy initialisation."""
-        params = JobParams(
-            prompt="warm-up",
-            negative_prompt=None,
-            mode="text-to-image",
-            strength=None,
-            width=native_size,
-            height=native_size,
-            num_inference_steps=2,
-            guidance_scale=7.5,
-            num_images=1,
-            seed=0,
-            output_format="png",
-            model="warm-up",
-        )
-        self.generate(params)
+        request = JobCreate(prompt="warm-up", num_inference_steps=2, seed=0)
+        self.generate(resolve_request(request, spec, settings))
 
 
 def free_memory(device: torch.device) -> None:

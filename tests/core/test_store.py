@@ -3,26 +3,14 @@
 import pytest
 from redis import Redis
 
-from app.core.jobs import ImageInfo, JobError, JobParams, JobStatus, new_job_id
+from app.core.jobs import ImageInfo, JobError, JobStatus, new_job_id
 from app.core.models import ModelSpec
 from app.core.queue import TASK, JobQueue
 from app.core.store import JobStore
+from tests.factories import make_params
 
 SPEC = ModelSpec(name="tiny-sd", native_size=64, default_steps=20, default_guidance_scale=7.5)
-PARAMS = JobParams(
-    prompt="a red circle",
-    negative_prompt=None,
-    mode="text-to-image",
-    strength=None,
-    width=64,
-    height=64,
-    num_inference_steps=4,
-    guidance_scale=7.5,
-    num_images=1,
-    seed=1,
-    output_format="png",
-    model="tiny-sd",
-)
+PARAMS = make_params(seed=1)
 
 
 @pytest.fixture

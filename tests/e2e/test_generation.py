@@ -36,8 +36,9 @@ def test_image_to_image(stack: LocalStack) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (128, 96), "white").save(buffer, format="JPEG")
     init = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-    job = stack.submit({"prompt": "a cat", "init_image": init, "strength": 0.5,
-                        "num_inference_steps": 10})
+    job = stack.submit(
+        {"prompt": "a cat", "init_image": init, "strength": 0.5, "num_inference_steps": 10}
+    )
     done = stack.wait(job["id"])
     assert done["status"] == "succeeded", done["error"]
     assert done["request"]["mode"] == "image-to-image"
@@ -45,11 +46,13 @@ def test_image_to_image(stack: LocalStack) -> None:
     assert decode(stack.image(done).content).size == (128, 96)
 
 
-@pytest.mark.parametrize(("fmt", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"),
-                                                ("webp", "WEBP")])
+@pytest.mark.parametrize(
+    ("fmt", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")]
+)
 def test_each_output_format(stack: LocalStack, fmt: str, pil_format: str) -> None:
-    done = stack.wait(stack.submit({"prompt": "a", "output_format": fmt,
-                                    "num_inference_steps": 4})["id"])
+    done = stack.wait(
+        stack.submit({"prompt": "a", "output_format": fmt, "num_inference_steps": 4})["id"]
+    )
     response = stack.image(done)
     assert response.headers["content-type"] == f"image/{fmt}"
     assert done["images"][0]["content_type"] == f"image/{fmt}"
@@ -66,11 +69,15 @@ def test_same_seed_same_bytes(stack: LocalStack) -> None:
 
 
 def test_image_i_of_a_batch_reproduces_alone_with_seed_plus_i(stack: LocalStack) -> None:
-    batch = stack.wait(stack.submit({"prompt": "dots", "seed": 500, "num_images": 3,
-                                     "num_inference_steps": 6})["id"])
+    batch = stack.wait(
+        stack.submit({"prompt": "dots", "seed": 500, "num_images": 3, "num_inference_steps": 6})[
+            "id"
+        ]
+    )
     assert [i["seed"] for i in batch["images"]] == [500, 501, 502]
-    alone = stack.wait(stack.submit({"prompt": "dots", "seed": 502,
-                                     "num_inference_steps": 6})["id"])
+    alone = stack.wait(
+        stack.submit({"prompt": "dots", "seed": 502, "num_inference_steps": 6})["id"]
+    )
     a = np.asarray(decode(stack.image(batch, 2).content), dtype=np.int16)
     b = np.asarray(decode(stack.image(alone).content), dtype=np.int16)
     assert np.abs(a - b).max() <= 2

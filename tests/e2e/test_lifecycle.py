@@ -57,8 +57,14 @@ def test_every_client_error_of_the_contract(stack: LocalStack) -> None:
     body = problem(http.post("/v1/jobs", json={"prompt": "a", "width": 63, "seed": -5}), 422)
     assert {e["field"] for e in body["errors"]} == {"body.width", "body.seed"}
     problem(http.post("/v1/jobs", json={"prompt": "a", "model": "sdxl"}), 422)
-    problem(http.post("/v1/jobs", content=b"x" * (17 * 1024 * 1024),
-                      headers={"content-type": "application/json"}), 413)
+    problem(
+        http.post(
+            "/v1/jobs",
+            content=b"x" * (17 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        ),
+        413,
+    )
     problem(http.get("/v1/jobs/j_01H00000000000000000000000"), 404)
     done = stack.wait(stack.submit({"prompt": "a", "num_inference_steps": 2})["id"])
     problem(http.get(f"{done['images'][0]['url'][:-1]}1"), 404)
@@ -70,8 +76,9 @@ def test_every_client_error_of_the_contract(stack: LocalStack) -> None:
 
 def test_a_job_over_the_timeout_fails_and_the_worker_serves_the_next(stack: LocalStack) -> None:
     impatient = stack.start_api(LDM_JOB_TIMEOUT="1")
-    slow = stack.submit(SLOW | {"width": 512, "height": 512, "num_inference_steps": 100},
-                        client=impatient)
+    slow = stack.submit(
+        SLOW | {"width": 512, "height": 512, "num_inference_steps": 100}, client=impatient
+    )
     done = stack.wait(slow["id"], timeout=30)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "timeout" and "1 s" in done["error"]["message"]

@@ -13,36 +13,23 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from app.core.settings import get_settings
-from scripts.procs import free_port, start_redis, stop
+from scripts.procs import free_port
 from worker import healthcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throw-away redis-server for this module."""
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("healthcheck-redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
 @pytest.fixture
-def redis(server_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis]:
-    """An empty database, and settings that point at it."""
-    monkeypatch.setenv("LDM_REDIS_URL", server_url)
+def server_url(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's redis-server, and settings that point at it."""
+    monkeypatch.setenv("LDM_REDIS_URL", redis_url)
     get_settings.cache_clear()
-    client = Redis.from_url(server_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield redis_url
     get_settings.cache_clear()
 
 
 @pytest.fixture
-def make_worker(redis: Redis) -> Iterator[Callable[..., SimpleWorker]]:
+def make_worker(redis: Redis, server_url: str) -> Iterator[Callable[..., SimpleWorker]]:
     """Register RQ workers (birth and one heartbeat, no `work()`); their death at teardown."""
     workers: list[SimpleWorker] = []
 
@@ -66,7 +53,7 @@ def test_healthy_when_a_worker_on_this_host_beats(make_worker, capsys) -> None:
     assert capsys.readouterr().out == ""
 
 
-def test_unhealthy_without_a_worker(redis: Redis, capsys) -> None:
+def test_unhealthy_without_a_worker(redis: Redis, server_url: str, capsys) -> None:
     assert healthcheck.main([]) == 1
     out = capsys.readouterr().out
     assert out.startswith("unhealthy: no RQ worker") and out.count("\n") == 1

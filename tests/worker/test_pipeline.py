@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.worker.conftest import make_params
+from tests.factories import make_params
 from worker.pipeline import InvalidInput, ResidentPipeline, resolve_device, resolve_dtype
 
 

@@ -14,7 +14,7 @@ from app.core.models import ModelSpec
 from app.core.queue import JobQueue
 from app.core.storage import LocalStorage, image_key
 from app.core.store import JobStore
-from tests.worker.conftest import make_params
+from tests.factories import make_params
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 

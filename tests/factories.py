@@ -1,0 +1,22 @@
+"""Valid objects for tests to vary."""
+
+from app.core.jobs import JobParams
+
+
+def make_params(**changes: object) -> JobParams:
+    """A small, fast text-to-image job on tiny-sd; `changes` override any field."""
+    base = dict(
+        prompt="a red circle",
+        negative_prompt=None,
+        mode="text-to-image",
+        strength=None,
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        num_images=1,
+        seed=42,
+        output_format="png",
+        model="tiny-sd",
+    )
+    return JobParams(**(base | changes))
