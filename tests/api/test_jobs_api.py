@@ -134,3 +134,18 @@ def test_images_only_for_succeeded_jobs_and_in_range(client: TestClient) -> None
     assert_problem(client.get(f"/v1/jobs/{job_id}/images/1"), 404)
     assert_problem(client.get(f"/v1/jobs/{job_id}/images/-1"), 404)
     assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409)
+
+
+def test_bodies_are_json_even_from_curl_d(client: TestClient) -> None:
+    body = b'{"prompt": "a red circle"}'
+    for content_type in (
+        "application/x-www-form-urlencoded",  # what `curl -d` sends
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ):
+        response = client.post("/v1/jobs", content=body, headers={"content-type": content_type})
+        assert response.status_code == 202, content_type
+    body = assert_problem(
+        client.post("/v1/jobs", content=b"<job/>", headers={"content-type": "text/xml"}), 415
+    )
+    assert "application/json" in body["detail"]

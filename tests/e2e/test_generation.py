@@ -17,7 +17,14 @@ def decode(data: bytes) -> Image.Image:
 
 
 def test_text_to_image_goes_queued_running_succeeded(stack: LocalStack) -> None:
-    job = stack.submit({"prompt": "a red circle"})
+    # Exactly what the README's `curl -X POST localhost:8000/v1/jobs -d '{...}'` sends.
+    response = stack.http.post(
+        "/v1/jobs",
+        content=b'{"prompt": "a red circle"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 202
+    job = response.json()
     assert job["status"] == "queued"
     done = stack.wait(job["id"])
     assert done["status"] == "succeeded", done["error"]
