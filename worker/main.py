@@ -4,10 +4,11 @@ import logging
 import time
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app.core.models import model_spec
+from app.core.queue import rq_queue
 from app.core.settings import get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
@@ -36,6 +37,5 @@ def main() -> None:
     tasks.install(Runner(pipeline, store, storage))
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
-    queue = Queue(spec.queue_name, connection=redis, serializer=JSONSerializer)
-    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer)
+    worker = SimpleWorker([rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer)
     worker.work(with_scheduler=False, logging_level=settings.log_level)

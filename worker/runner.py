@@ -6,6 +6,7 @@ import logging
 
 import torch
 from PIL import Image
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
@@ -42,6 +43,7 @@ class Runner:
         if not self.store.start(job_id, params.denoising_steps):
             log.info("job %s was canceled or expired before it started", job_id)
             return
+        out_of_memory = False
         try:
             self._generate_and_store(job_id, params)
         except JobCanceled:
@@ -59,17 +61,28 @@ class Runner:
             if not _is_out_of_memory(exc):
                 self._fail(job_id, "internal", "the worker failed to run the job")
                 raise
-            # Drop every reference to the failed run's tensors before freeing the cache.
-            del exc
+            out_of_memory = True
+            self._fail(job_id, "out_of_memory", "not enough memory; ask for fewer, smaller images")
+        except BaseException:
+            # A forced shutdown (second SIGTERM, Ctrl-C) mid-job: say so rather than leave it
+            # running for ever.
+            self._fail(job_id, "worker_lost", "the worker stopped during the job; submit again")
+            raise
+        finally:
+            if params.mode == "image-to-image":
+                self.storage.delete(init_image_key(job_id))
+        if out_of_memory:
+            # Only here, outside the except block, are the failed run's tensors unreferenced.
             gc.collect()
             free_memory(self.pipeline.device)
-            self._fail(
-                job_id, "out_of_memory", "not enough memory; ask for fewer or smaller images"
-            )
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         log.warning("job %s failed: %s", job_id, code)
-        self.store.fail(job_id, JobError(code=code, message=message))
+        try:
+            self.store.fail(job_id, JobError(code=code, message=message))
+        except RedisError:
+            # RQ's failure callback tries again once the exception reaches it.
+            log.exception("could not record the failure of job %s", job_id)
 
     def _on_step(self, job_id: str, step: int) -> None:
         if self.store.report_progress(job_id, step):

@@ -13,11 +13,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.core.models import TINY_MODEL
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-TINY_MODEL_NAME = "tiny-sd"
 
 _MAX_LENGTH = 77  # CLIP's context length; the pipeline pads/truncates prompts to this
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -137,8 +138,8 @@ def build_tiny_model(target: Path) -> Path:
 
 
 def ensure_tiny_model(cache_dir: Path) -> Path:
-    """Return ``cache_dir / TINY_MODEL_NAME``, building it first if it is missing."""
-    target = Path(cache_dir) / TINY_MODEL_NAME
+    """Return ``cache_dir / TINY_MODEL``, building it first if it is missing."""
+    target = Path(cache_dir) / TINY_MODEL
     if not (target / "model_index.json").is_file():
         build_tiny_model(target)
     return target

@@ -17,7 +17,7 @@ from app.core.errors import (
     InvalidRequest,
     JobConflict,
     JobNotFound,
-    QueueUnavailable,
+    QueueFull,
     ServiceError,
 )
 
@@ -29,7 +29,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     ImageNotFound: 404,
     JobConflict: 409,
     InvalidRequest: 422,
-    QueueUnavailable: 503,
+    QueueFull: 503,
 }
 # For route declarations, so that /openapi.json documents the problem bodies.
 PROBLEM_RESPONSE: dict[str, Any] = {"model": Problem, "content": {PROBLEM_JSON: {}}}

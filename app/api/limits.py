@@ -57,8 +57,9 @@ class JsonBodies:
             return
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media_type in _READ_AS_JSON:
+            # In place: the router records the matched route in this same scope.
             rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+            scope["headers"] = [*rest, (b"content-type", b"application/json")]
         elif media_type not in _JSON_TYPES and not media_type.endswith(b"+json"):
             detail = "request bodies are JSON: send Content-Type: application/json"
             await problem(415, detail)(scope, receive, send)

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 class ServiceError(Exception):
     """Base of every error the service reports to a client."""
 
-    title = "Service error"
-
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -16,19 +14,13 @@ class ServiceError(Exception):
 class JobNotFound(ServiceError):
     """No job with that id, or it has expired."""
 
-    title = "Job not found"
-
 
 class ImageNotFound(ServiceError):
     """The job has no image at that index (yet)."""
 
-    title = "Image not found"
-
 
 class JobConflict(ServiceError):
     """The job is in a state that does not allow the operation."""
-
-    title = "Conflict"
 
 
 @dataclass(frozen=True)
@@ -42,14 +34,10 @@ class FieldError:
 class InvalidRequest(ServiceError):
     """The request is well-formed but breaks a rule that depends on settings or the model."""
 
-    title = "Invalid request"
-
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
 
 
-class QueueUnavailable(ServiceError):
-    """The queue store (Redis) does not answer."""
-
-    title = "Service unavailable"
+class QueueFull(ServiceError):
+    """The model's queue holds as many jobs as the deployment allows; retry later."""

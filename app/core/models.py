@@ -21,7 +21,12 @@ class ModelSpec:
     @property
     def queue_name(self) -> str:
         """The RQ queue of this model; workers serving it listen there."""
-        return f"ldm:{self.name}"
+        return queue_name(self.name)
+
+
+def queue_name(model: str) -> str:
+    """The RQ queue of the model named `model`."""
+    return f"ldm:{model}"
 
 
 def _native_size_from_folder(folder: Path) -> int | None:

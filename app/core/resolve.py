@@ -60,12 +60,12 @@ def resolve_request(
         )
     if body.num_images > settings.max_images:
         errors.append(FieldError("body.num_images", f"must be at most {settings.max_images}"))
-    # A drawn seed leaves room for seed + i of every image.
-    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images + 2)
-    if seed + body.num_images - 1 > MAX_SEED:
+    if body.seed is not None and body.seed + body.num_images - 1 > MAX_SEED:
         errors.append(FieldError("body.seed", f"seed + num_images - 1 must be at most {MAX_SEED}"))
     if errors:
         raise InvalidRequest(errors)
+    # Drawn only now that num_images is known to be sane; leaves room for every seed + i.
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images + 2)
 
     return JobParams(
         prompt=body.prompt,

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_init_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_init_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_queue_length: int = Field(1000, ge=1, description="jobs waiting per model; 503 beyond")
 
     # Job lifetime
     job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")

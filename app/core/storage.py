@@ -25,8 +25,8 @@ class Storage(Protocol):
         """The bytes under `key`; `ObjectNotFound` if there are none."""
         ...
 
-    def delete_prefix(self, prefix: str) -> None:
-        """Remove every object whose key starts with `prefix/`."""
+    def delete(self, key: str) -> None:
+        """Remove the object under `key`, if there is one."""
         ...
 
 
@@ -52,9 +52,13 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a reader never sees half an image.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     def get(self, key: str) -> bytes:
         try:
@@ -62,12 +66,8 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key) from None
 
-    def delete_prefix(self, prefix: str) -> None:
-        folder = self._path(prefix)
-        for path in sorted(folder.glob("**/*"), reverse=True):
-            path.rmdir() if path.is_dir() else path.unlink()
-        if folder.is_dir():
-            folder.rmdir()
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 def open_storage(url: str) -> Storage:

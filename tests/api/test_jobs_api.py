@@ -3,8 +3,11 @@ import io
 
 from fastapi.testclient import TestClient
 from PIL import Image
+from redis import Redis
 
+from app.api.main import create_app
 from app.core.jobs import ImageInfo, image_url
+from app.core.settings import Settings
 from app.core.storage import image_key, init_image_key
 from tests.api.conftest import assert_problem
 
@@ -145,7 +148,30 @@ def test_bodies_are_json_even_from_curl_d(client: TestClient) -> None:
     ):
         response = client.post("/v1/jobs", content=body, headers={"content-type": content_type})
         assert response.status_code == 202, content_type
+    metrics = client.get("/metrics").text
+    assert 'ldm_http_requests_total{method="POST",route="/v1/jobs",status="202"} 3.0' in metrics
     body = assert_problem(
         client.post("/v1/jobs", content=b"<job/>", headers={"content-type": "text/xml"}), 415
     )
     assert "application/json" in body["detail"]
+
+
+def test_a_full_queue_answers_503_with_retry_after(settings: Settings, redis: Redis) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_queue_length": 2}))) as client:
+        for _ in range(2):
+            assert client.post("/v1/jobs", json={"prompt": "a"}).status_code == 202
+        response = client.post("/v1/jobs", json={"prompt": "a"})
+        assert_problem(response, 503)
+        assert int(response.headers["retry-after"]) > 0
+        assert client.get("/v1/models").json()["models"][0]["queue_length"] == 2
+
+
+def test_any_replica_cancels_any_job_whatever_it_serves(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id = client.post("/v1/jobs", json={"prompt": "a"}).json()["id"]
+    other = settings.model_copy(update={"model": "some/other-model"})
+    with TestClient(create_app(other)) as replica:
+        assert replica.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 0
+        response = replica.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "canceled"

@@ -126,3 +126,9 @@ def test_unknown_model_is_refused() -> None:
     assert select_model(None, {"tiny-sd": SPEC}, "tiny-sd") is SPEC
     with pytest.raises(InvalidRequest, match="not a served model"):
         select_model("sdxl", {"tiny-sd": SPEC}, "tiny-sd")
+
+
+def test_huge_num_images_is_a_field_error_not_a_crash() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        resolve_request(JobCreate(prompt="a", num_images=5_000_000_000), SPEC, SETTINGS)
+    assert bad_fields(caught.value) == {"body.num_images"}

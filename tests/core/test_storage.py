@@ -19,14 +19,22 @@ def test_missing_object(tmp_path: Path) -> None:
         LocalStorage(tmp_path).get("j_1/0.png")
 
 
-def test_delete_prefix_removes_only_that_job(tmp_path: Path) -> None:
+def test_delete_removes_one_object_and_tolerates_missing(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     storage.put("j_1/0.png", b"a", "image/png")
     storage.put("j_1/1.png", b"b", "image/png")
-    storage.put("j_2/0.png", b"c", "image/png")
-    storage.delete_prefix("j_1")
-    assert not (tmp_path / "j_1").exists()
-    assert storage.get("j_2/0.png") == b"c"
+    storage.delete("j_1/0.png")
+    storage.delete("j_1/0.png")
+    with pytest.raises(ObjectNotFound):
+        storage.get("j_1/0.png")
+    assert storage.get("j_1/1.png") == b"b"
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(TypeError):  # the write fails half-way, as a full disk would make it
+        storage.put("j_1/0.png", "not bytes", "image/png")  # type: ignore[arg-type]
+    assert list((tmp_path / "j_1").iterdir()) == []
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../../b", "a//b", "a/./b", "", "a\\b"])

@@ -4,12 +4,11 @@ import pytest
 from redis import Redis
 
 from app.core.jobs import ImageInfo, JobError, JobStatus, new_job_id
-from app.core.models import ModelSpec
-from app.core.queue import TASK, JobQueue
+from app.core.queue import TASK, JobQueue, rq_queue
 from app.core.store import JobStore
 from tests.factories import make_params
 
-SPEC = ModelSpec(name="tiny-sd", native_size=64, default_steps=20, default_guidance_scale=7.5)
+MODEL = "tiny-sd"
 PARAMS = make_params(seed=1)
 
 
@@ -20,7 +19,7 @@ def queue(redis: Redis) -> JobQueue:
 
 def submit(queue: JobQueue) -> str:
     job_id = new_job_id()
-    queue.submit(job_id, PARAMS, SPEC)
+    queue.submit(job_id, PARAMS)
     return job_id
 
 
@@ -28,7 +27,7 @@ def test_submit_writes_record_and_enqueues_json_payload(queue: JobQueue) -> None
     job_id = submit(queue)
     job = queue.store.get(job_id)
     assert job.status is JobStatus.QUEUED and job.request == PARAMS
-    rq_job = queue.rq_queue(SPEC).fetch_job(job_id)
+    rq_job = rq_queue(queue.redis, MODEL).fetch_job(job_id)
     assert rq_job.func_name == TASK
     assert rq_job.args == [job_id, PARAMS.model_dump(mode="json")]
     assert rq_job.timeout == 30
@@ -61,12 +60,12 @@ def test_failure_records_code_and_message(queue: JobQueue) -> None:
 
 def test_cancel_queued_job_leaves_the_queue_at_once(queue: JobQueue) -> None:
     first, second, third = submit(queue), submit(queue), submit(queue)
-    assert [queue.position(j, SPEC) for j in (first, second, third)] == [0, 1, 2]
-    assert queue.cancel(second, SPEC) is JobStatus.QUEUED
+    assert [queue.position(j, MODEL) for j in (first, second, third)] == [0, 1, 2]
+    assert queue.cancel(second, MODEL) is JobStatus.QUEUED
     assert queue.store.get(second).status is JobStatus.CANCELED
-    assert queue.position(second, SPEC) is None
-    assert queue.position(third, SPEC) == 1
-    assert queue.rq_queue(SPEC).fetch_job(second) is None
+    assert queue.position(second, MODEL) is None
+    assert queue.position(third, MODEL) == 1
+    assert rq_queue(queue.redis, MODEL).fetch_job(second) is None
     # The worker that might already hold it cannot start it any more.
     assert not queue.store.start(second, 4)
 
@@ -74,7 +73,7 @@ def test_cancel_queued_job_leaves_the_queue_at_once(queue: JobQueue) -> None:
 def test_cancel_running_job_sets_the_flag_the_worker_reads(queue: JobQueue) -> None:
     job_id = submit(queue)
     queue.store.start(job_id, 4)
-    assert queue.cancel(job_id, SPEC) is JobStatus.RUNNING
+    assert queue.cancel(job_id, MODEL) is JobStatus.RUNNING
     assert queue.store.get(job_id).cancel_requested
     assert queue.store.report_progress(job_id, 1) is True
     assert queue.store.mark_canceled(job_id)
@@ -85,14 +84,14 @@ def test_cancel_terminal_or_unknown(queue: JobQueue) -> None:
     job_id = submit(queue)
     queue.store.start(job_id, 4)
     queue.store.succeed(job_id, [])
-    assert queue.cancel(job_id, SPEC) is JobStatus.SUCCEEDED
+    assert queue.cancel(job_id, MODEL) is JobStatus.SUCCEEDED
     assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
-    assert queue.cancel(new_job_id(), SPEC) is None
+    assert queue.cancel(new_job_id(), MODEL) is None
     assert queue.store.get(new_job_id()) is None
 
 
 def test_depth_counts_waiting_jobs(queue: JobQueue) -> None:
     ids = [submit(queue) for _ in range(3)]
-    assert queue.depth(SPEC) == 3
-    queue.cancel(ids[0], SPEC)
-    assert queue.depth(SPEC) == 2
+    assert queue.depth(MODEL) == 3
+    queue.cancel(ids[0], MODEL)
+    assert queue.depth(MODEL) == 2

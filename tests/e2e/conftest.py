@@ -20,3 +20,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
 
 # Big and long enough on the tiny model to be caught while running (about 2 s on a CPU).
 SLOW = {"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 60}
+# Keeps the worker busy far longer than any test needs (tens of seconds); tests cancel it.
+BUSY = {"prompt": "busy", "width": 512, "height": 512, "num_inference_steps": 100}

@@ -5,7 +5,7 @@ import signal
 import httpx
 
 from scripts.stack import LocalStack
-from tests.e2e.conftest import SLOW
+from tests.e2e.conftest import BUSY, SLOW
 
 
 def problem(response: httpx.Response, status: int) -> dict:
@@ -14,25 +14,34 @@ def problem(response: httpx.Response, status: int) -> dict:
     return response.json()
 
 
-def test_waiting_jobs_know_their_place(stack: LocalStack) -> None:
-    busy = stack.submit(SLOW)
+def busy_worker(stack: LocalStack) -> str:
+    """Occupy the worker with a long job; the caller cancels it when done."""
+    busy = stack.submit(BUSY)
     stack.wait(busy["id"], {"running"})
+    return busy["id"]
+
+
+def test_waiting_jobs_know_their_place(stack: LocalStack) -> None:
+    busy = busy_worker(stack)
     waiting = [stack.submit({"prompt": f"w{i}", "num_inference_steps": 2}) for i in range(3)]
     assert [j["queue_position"] for j in waiting] == [0, 1, 2]
-    assert stack.job(busy["id"])["queue_position"] is None
+    assert stack.job(busy)["queue_position"] is None
     stack.http.post(f"/v1/jobs/{waiting[0]['id']}/cancel")
     assert [stack.job(j["id"])["queue_position"] for j in waiting[1:]] == [0, 1]
-    for job in [busy, *waiting[1:]]:
+    stack.http.post(f"/v1/jobs/{busy}/cancel")
+    for job in waiting[1:]:
         assert stack.wait(job["id"])["status"] == "succeeded"
 
 
 def test_cancel_a_queued_job(stack: LocalStack) -> None:
-    busy = stack.submit(SLOW)
-    stack.wait(busy["id"], {"running"})
+    busy = busy_worker(stack)
     queued = stack.submit({"prompt": "never"})
     response = stack.http.post(f"/v1/jobs/{queued['id']}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "canceled"
-    stack.wait(busy["id"])
+    stack.http.post(f"/v1/jobs/{busy}/cancel")
+    stack.wait(busy)
+    # The worker moved on without ever starting it.
+    assert stack.wait(stack.submit({"prompt": "after"})["id"])["status"] == "succeeded"
     job = stack.job(queued["id"])
     assert job["status"] == "canceled" and job["started_at"] is None and job["images"] == []
     problem(stack.http.post(f"/v1/jobs/{queued['id']}/cancel"), 409)
@@ -40,14 +49,13 @@ def test_cancel_a_queued_job(stack: LocalStack) -> None:
 
 def test_cancel_a_running_job_and_the_worker_goes_on(stack: LocalStack) -> None:
     (worker,) = stack.workers[-1:]
-    job = stack.submit(SLOW | {"num_inference_steps": 100})
-    stack.wait(job["id"], {"running"})
-    response = stack.http.post(f"/v1/jobs/{job['id']}/cancel")
+    job_id = busy_worker(stack)
+    response = stack.http.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
-    done = stack.wait(job["id"], timeout=10)
+    done = stack.wait(job_id, timeout=10)
     assert done["status"] == "canceled" and done["images"] == []
     assert done["progress"]["step"] < 100
-    problem(stack.http.get(f"/v1/jobs/{job['id']}/images/0"), 404)
+    problem(stack.http.get(f"/v1/jobs/{job_id}/images/0"), 404)
     after = stack.wait(stack.submit({"prompt": "next"})["id"])
     assert after["status"] == "succeeded" and worker.poll() is None
 
@@ -69,16 +77,15 @@ def test_every_client_error_of_the_contract(stack: LocalStack) -> None:
     done = stack.wait(stack.submit({"prompt": "a", "num_inference_steps": 2})["id"])
     problem(http.get(f"{done['images'][0]['url'][:-1]}1"), 404)
     problem(http.post(f"/v1/jobs/{done['id']}/cancel"), 409)
-    running = stack.submit(SLOW)
-    problem(http.get(f"/v1/jobs/{running['id']}/images/0"), 404)
-    stack.wait(running["id"])
+    running = busy_worker(stack)
+    problem(http.get(f"/v1/jobs/{running}/images/0"), 404)
+    http.post(f"/v1/jobs/{running}/cancel")
+    stack.wait(running)
 
 
 def test_a_job_over_the_timeout_fails_and_the_worker_serves_the_next(stack: LocalStack) -> None:
     impatient = stack.start_api(LDM_JOB_TIMEOUT="1")
-    slow = stack.submit(
-        SLOW | {"width": 512, "height": 512, "num_inference_steps": 100}, client=impatient
-    )
+    slow = stack.submit(BUSY, client=impatient)
     done = stack.wait(slow["id"], timeout=30)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "timeout" and "1 s" in done["error"]["message"]

@@ -1,24 +1,28 @@
 """The runner records how every job ends: real Redis and storage, real or stand-in pipeline."""
 
 import io
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from redis import Redis
+from rq import SimpleWorker
+from rq.job import JobStatus as RQJobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
 from app.core.jobs import JobParams, JobStatus, new_job_id
-from app.core.models import ModelSpec
-from app.core.queue import JobQueue
-from app.core.storage import LocalStorage, image_key
+from app.core.queue import JobQueue, rq_queue
+from app.core.storage import LocalStorage, ObjectNotFound, image_key, init_image_key
 from app.core.store import JobStore
 from tests.factories import make_params
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 
-SPEC = ModelSpec(name="tiny-sd", native_size=64, default_steps=4, default_guidance_scale=7.5)
+MODEL = "tiny-sd"
 
 
 class Failing:
@@ -40,7 +44,7 @@ def queue(redis: Redis) -> JobQueue:
 
 def submitted(queue: JobQueue, params: JobParams) -> str:
     job_id = new_job_id()
-    queue.submit(job_id, params, SPEC)
+    queue.submit(job_id, params)
     return job_id
 
 
@@ -73,7 +77,7 @@ def test_cancel_flag_stops_at_the_next_step(
 
     def cancel_after_three(job: str, step: int) -> bool:
         if step == 3:
-            queue.cancel(job, SPEC)  # the API's cancel, arriving while the job runs
+            queue.cancel(job, MODEL)  # the API's cancel, arriving while the job runs
         return real_report(job, step)
 
     store.report_progress = cancel_after_three  # type: ignore[method-assign]
@@ -85,7 +89,7 @@ def test_cancel_flag_stops_at_the_next_step(
 def test_job_canceled_before_start_is_skipped(queue: JobQueue, tmp_path: Path) -> None:
     params = make_params()
     job_id = submitted(queue, params)
-    queue.cancel(job_id, SPEC)
+    queue.cancel(job_id, MODEL)
     Runner(Failing(AssertionError("must not run")), queue.store, LocalStorage(tmp_path)).run(
         job_id, params
     )
@@ -125,3 +129,47 @@ def test_failures_get_a_code_and_the_worker_goes_on(
     next_id = submitted(queue, params)
     runner.run(next_id, params)
     assert queue.store.get(next_id).status is JobStatus.SUCCEEDED
+
+
+def test_a_forced_shutdown_mid_job_ends_it_as_worker_lost(queue: JobQueue, tmp_path: Path) -> None:
+    params = make_params()
+    job_id = submitted(queue, params)
+    runner = Runner(Failing(SystemExit(1)), queue.store, LocalStorage(tmp_path))
+    with pytest.raises(SystemExit):
+        runner.run(job_id, params)
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == "worker_lost"
+
+
+def test_the_init_image_is_removed_once_the_job_ends(
+    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path)
+    params = make_params(mode="image-to-image", strength=0.5)
+    job_id = submitted(queue, params)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, format="PNG")
+    storage.put(init_image_key(job_id), buffer.getvalue(), "image/png")
+    Runner(resident, queue.store, storage).run(job_id, params)
+    assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
+    with pytest.raises(ObjectNotFound):
+        storage.get(init_image_key(job_id))
+    assert storage.get(image_key(job_id, 0, "png"))
+
+
+def test_a_job_whose_worker_died_ends_as_worker_lost(queue: JobQueue, redis: Redis) -> None:
+    params = make_params()
+    job_id = submitted(queue, params)
+    rq = rq_queue(redis, MODEL)
+    worker = SimpleWorker([rq], connection=redis, serializer=JSONSerializer)
+    worker.register_birth()
+    # The worker takes the job and starts it, then dies without a word (kill -9).
+    rq_job = rq.fetch_job(job_id)
+    rq.remove(rq_job)
+    worker.prepare_execution(rq_job)
+    rq_job.set_status(RQJobStatus.STARTED)
+    queue.store.start(job_id, params.denoising_steps)
+    # Later, RQ's registry maintenance finds the job abandoned and runs its failure callback.
+    StartedJobRegistry(queue=rq).cleanup(timestamp=time.time() + 10 * 24 * 3600)
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == "worker_lost"

@@ -14,7 +14,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 hub_constants = pytest.importorskip("huggingface_hub.constants")
 
-from worker.tiny_model import TINY_MODEL_NAME, build_tiny_model, ensure_tiny_model  # noqa: E402
+from app.core.models import TINY_MODEL  # noqa: E402
+from worker.tiny_model import build_tiny_model, ensure_tiny_model  # noqa: E402
 
 UNET_WEIGHTS = Path("unet/diffusion_pytorch_model.safetensors")
 
@@ -55,7 +56,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(cache_dir: Path) -> Path:
-    return cache_dir / TINY_MODEL_NAME
+    return cache_dir / TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_ensure_reuses_existing_model(cache_dir: Path, model_dir: Path) -> None:
     before = weights.stat().st_mtime_ns
     assert ensure_tiny_model(cache_dir) == model_dir
     assert weights.stat().st_mtime_ns == before
-    assert [p.name for p in cache_dir.iterdir()] == [TINY_MODEL_NAME]  # no temp leftovers
+    assert [p.name for p in cache_dir.iterdir()] == [TINY_MODEL]  # no temp leftovers
 
 
 def test_builds_are_deterministic(model_dir: Path, tmp_path: Path) -> None:
@@ -154,12 +155,12 @@ def test_builds_are_deterministic(model_dir: Path, tmp_path: Path) -> None:
 
 def test_build_over_existing_target_keeps_it(tmp_path: Path) -> None:
     # What a process that loses the build race sees: the folder appeared meanwhile.
-    target = build_tiny_model(tmp_path / TINY_MODEL_NAME)
+    target = build_tiny_model(tmp_path / TINY_MODEL)
     before = (target / UNET_WEIGHTS).stat().st_mtime_ns
     assert build_tiny_model(target) == target
     assert (target / UNET_WEIGHTS).stat().st_mtime_ns == before
     assert (target / "model_index.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_MODEL_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_MODEL]
     # Built in a temp dir, but must end up readable like any freshly made folder.
     (tmp_path / "ref").mkdir()
     assert target.stat().st_mode == (tmp_path / "ref").stat().st_mode

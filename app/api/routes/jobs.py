@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Response
 
 from app.api.deps import Services, ServicesDep
 from app.api.errors import PROBLEM_RESPONSE
-from app.core.errors import ImageNotFound, JobConflict, JobNotFound
+from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, new_job_id
 from app.core.resolve import resolve_request, select_model
@@ -25,8 +25,7 @@ def _load(services: Services, job_id: str) -> Job:
     if job is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if job.status is JobStatus.QUEUED:
-        spec = services.models.get(job.model)
-        position = services.queue.position(job_id, spec) if spec else None
+        position = services.queue.position(job_id, job.model)
         # Popped by a worker but not yet started: it is next, not gone.
         job.queue_position = 0 if position is None else position
     return job
@@ -48,11 +47,13 @@ def submit_job(body: JobCreate, services: ServicesDep, response: Response) -> Jo
             body.init_image, settings.max_init_image_bytes, settings.max_init_image_pixels
         )
     params = resolve_request(body, spec, settings, init_image.size if init_image else None)
+    if services.queue.depth(spec.name) >= settings.max_queue_length:
+        raise QueueFull(f"{spec.name} has {settings.max_queue_length} jobs waiting; retry later")
     job_id = new_job_id()
     if init_image is not None:
         # Workers read a normalised PNG from storage; the queue payload stays small.
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
-    services.queue.submit(job_id, params, spec)
+    services.queue.submit(job_id, params)
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return _load(services, job_id)
@@ -75,7 +76,7 @@ def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
     job = _load(services, job_id)
     if job.status.is_terminal():
         raise JobConflict(f"job {job_id} is already {job.status.value}")
-    before = services.queue.cancel(job_id, services.models[job.model])
+    before = services.queue.cancel(job_id, job.model)
     if before is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if before.is_terminal():

@@ -35,7 +35,7 @@ def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     for spec in services.models.values():
         try:
-            services.metrics.queue_depth.labels(spec.name).set(services.queue.depth(spec))
+            services.metrics.queue_depth.labels(spec.name).set(services.queue.depth(spec.name))
         except RedisError:
             pass  # A scrape must not fail because Redis is down; readyz says so.
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -61,7 +61,7 @@ def list_models(services: ServicesDep) -> ModelList:
                 default_steps=spec.default_steps,
                 default_guidance_scale=spec.default_guidance_scale,
                 limits=limits,
-                queue_length=services.queue.depth(spec),
+                queue_length=services.queue.depth(spec.name),
             )
             for spec in services.models.values()
         ]
