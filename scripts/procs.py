@@ -38,7 +38,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc=None) 
         time.sleep(0.05)
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+def start_redis(port: int, workdir: Path, own_session: bool = False) -> subprocess.Popen:
     """A throw-away redis-server on loopback (no persistence), ready when this returns."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -59,19 +59,27 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
             str(workdir),
         ],
         stdout=subprocess.DEVNULL,
+        start_new_session=own_session,
     )
     wait_until(lambda: port_open("127.0.0.1", port), 10, "redis-server", proc)
     return proc
 
 
-def start_python(module: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
-    """`python -m module` with extra environment, output to `log` (or inherited)."""
+def start_python(
+    module: str, env: dict[str, str], log: Path | None = None, own_session: bool = False
+) -> subprocess.Popen:
+    """`python -m module` with extra environment, output to `log` (or inherited).
+
+    `own_session` keeps a terminal's Ctrl-C away from the child, so the parent decides
+    when and in which order its children stop.
+    """
     out = open(log, "ab") if log else None  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
         [sys.executable, "-m", module],
         env={**os.environ, **env},
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
+        start_new_session=own_session,
     )
 
 

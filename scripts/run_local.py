@@ -1,6 +1,7 @@
 """`make run`: Redis (started if local and silent), the API and one worker, in the foreground.
 
-Ctrl-C or SIGTERM stops every process this started, and nothing else.
+Ctrl-C or SIGTERM stops every process this started, and nothing else; if one of them dies,
+the others are stopped too and the exit status says so.
 """
 
 import os
@@ -33,13 +34,13 @@ def ensure_redis(url: str) -> subprocess.Popen | None:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
     print(f"starting redis-server on port {port}", flush=True)
-    return start_redis(port, Path(".cache/redis"))
+    return start_redis(port, Path(".cache/redis"), own_session=True)
 
 
 def main() -> None:
-    """Run until interrupted, then stop children in reverse order of start."""
+    """Run until interrupted, then stop the worker (it finishes its job), the API, Redis."""
     settings = get_settings()
-    children = [p for p in [ensure_redis(settings.redis_url)] if p is not None]
+    redis = ensure_redis(settings.redis_url)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -48,17 +49,20 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children.append(start_python("app", {}))
-    children.append(start_python("worker", {}))
+    api = start_python("app", {}, own_session=True)
+    worker = start_python("worker", {}, own_session=True)
+    children = [p for p in (worker, api, redis) if p is not None]
     print(f"API on http://{settings.host}:{settings.port} (Ctrl-C stops everything)", flush=True)
     try:
         while not stopping and all(p.poll() is None for p in children):
             time.sleep(0.2)
     finally:
-        for proc in reversed(children):
-            stop(proc)
-    failed = [p for p in children if p.returncode not in (0, -signal.SIGTERM)]
-    sys.exit(1 if failed and not stopping else 0)
+        print("stopping (the worker finishes the job it holds)", flush=True)
+        stop(worker, timeout=settings.job_timeout + 30)
+        stop(api)
+        if redis is not None:
+            stop(redis)
+    sys.exit(0 if stopping else 1)
 
 
 if __name__ == "__main__":
