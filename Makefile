@@ -6,11 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench system-deps
 
-# torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
+# torch is pinned and installed first, so that nothing resolves an unpinned torch (a
+# multi-GB CUDA build). TORCH_INDEX_URL picks another wheel index, e.g. PyTorch's CPU one.
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH_INDEX) torch==2.13.0
 	$(PY) -m pip install -q -e '.[worker,dev]'
 	touch $@
 

@@ -10,6 +10,7 @@ from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit, JsonBodies
 from app.api.metrics import Metrics, MetricsMiddleware
+from app.api.openapi import document_limits
 from app.api.routes import jobs, service
 from app.core.models import model_spec
 from app.core.queue import JobQueue
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(service.router)
+    document_limits(app, services.settings)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

@@ -39,16 +39,23 @@ def _native_size_from_folder(folder: Path) -> int | None:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+# Native side, steps and guidance of well-known checkpoints, for API replicas that do not
+# have the weights' files at hand. Anything else: its folder's config, else SD 1.x values.
+_KNOWN: dict[str, tuple[int, int, float]] = {
+    TINY_MODEL: (64, 20, 7.5),
+    "stabilityai/sd-turbo": (512, 1, 0.0),
+    "stabilityai/sdxl-turbo": (512, 1, 0.0),
+    "stabilityai/stable-diffusion-2-1": (768, 30, 7.5),
+    "stabilityai/stable-diffusion-xl-base-1.0": (1024, 30, 5.0),
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": (512, 30, 7.5),
+}
+
+
 def model_spec(settings: Settings) -> ModelSpec:
     """The spec of `settings.model`; settings override what the model's files or name imply."""
     name = settings.model
-    lowered = name.lower()
-    if name == TINY_MODEL:
-        size, steps, guidance = 64, 20, 7.5
-    else:
-        size = _native_size_from_folder(Path(name)) or (1024 if "xl" in lowered else 512)
-        # Distilled "turbo" models are trained for a step or two without guidance.
-        steps, guidance = (1, 0.0) if "turbo" in lowered else (30, 7.5)
+    size, steps, guidance = _KNOWN.get(name.lower(), (None, 30, 7.5))
+    size = settings.native_size or size or _native_size_from_folder(Path(name)) or 512
     return ModelSpec(
         name=name,
         native_size=size,

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     model_cache: Path = Path(".cache/models")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    native_size: int | None = Field(None, ge=64, multiple_of=8, description="overrides the model's")
     default_steps: int | None = Field(None, ge=1, description="overrides the model's default")
     default_guidance_scale: float | None = Field(None, ge=0, le=30)
 

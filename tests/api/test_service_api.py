@@ -103,6 +103,20 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
     assert create["required"] == ["prompt"]
     assert create["properties"]["strength"]["default"] == 0.8
     assert create["properties"]["output_format"]["enum"] == ["png", "jpeg", "webp"]
+    settings = client.app.state.services.settings
+
+    def bounds(field: str) -> dict:
+        (integer,) = [b for b in create["properties"][field]["anyOf"] if b["type"] == "integer"]
+        return integer
+
+    assert bounds("width") | bounds("height") == {
+        "type": "integer",
+        "minimum": 64,
+        "maximum": settings.max_side,
+        "multipleOf": 8,
+    }
+    assert bounds("num_inference_steps")["maximum"] == settings.max_steps
+    assert create["properties"]["num_images"]["maximum"] == settings.max_images
     assert "202" in paths["/v1/jobs"]["post"]["responses"]
     assert (
         "application/problem+json"

@@ -47,4 +47,12 @@ def test_model_spec_reads_native_size_from_a_local_folder(tmp_path: Path) -> Non
     (tmp_path / "unet" / "config.json").write_text('{"sample_size": 96}')
     (tmp_path / "vae" / "config.json").write_text('{"block_out_channels": [1, 2, 3, 4]}')
     assert model_spec(Settings(model=str(tmp_path))).native_size == 768
-    assert model_spec(Settings(model="stabilityai/sd-turbo")).default_steps == 1
+    assert model_spec(Settings(model=str(tmp_path), native_size=512)).native_size == 512
+
+
+def test_model_spec_of_well_known_and_unknown_hub_models() -> None:
+    turbo = model_spec(Settings(model="stabilityai/sdxl-turbo"))
+    assert (turbo.native_size, turbo.default_steps, turbo.default_guidance_scale) == (512, 1, 0.0)
+    assert model_spec(Settings(model="stabilityai/stable-diffusion-2-1")).native_size == 768
+    unknown = model_spec(Settings(model="someone/their-finetune"))
+    assert (unknown.native_size, unknown.default_steps) == (512, 30)
