@@ -32,4 +32,4 @@ test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
 bench: $(STAMP) system-deps
-	$(PY) -m bench.throughput
+	$(PY) -m bench.throughput --rounds 5
