@@ -65,6 +65,17 @@ def start_redis(port: int, workdir: Path, own_session: bool = False) -> subproce
     return proc
 
 
+def start_s3(port: int) -> subprocess.Popen:
+    """An S3-compatible server on loopback (moto's server mode), ready when this returns."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_open("127.0.0.1", port), 30, "moto server", proc)
+    return proc
+
+
 def start_python(
     module: str, env: dict[str, str], log: Path | None = None, own_session: bool = False
 ) -> subprocess.Popen:

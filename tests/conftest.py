@@ -1,13 +1,15 @@
-"""Shared fixtures: a real redis-server for the whole session, flushed around each test."""
+"""Shared fixtures: a real redis-server (flushed around each test) and S3 server per session."""
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from redis import Redis
 
 from app.core.settings import Settings
-from scripts.procs import free_port, start_redis, stop
+from scripts.procs import free_port, start_redis, start_s3, stop
 
 
 @pytest.fixture(scope="session")
@@ -40,4 +42,33 @@ def settings(redis_url: str, model_cache: Path, tmp_path: Path) -> Settings:
         redis_url=redis_url,
         storage_url=(tmp_path / "images").as_uri(),
         model_cache=model_cache,
+    )
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server over real HTTP (moto's server mode), for the whole session."""
+    proc = start_s3(port := free_port())
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """`settings` with images in a fresh bucket of the S3 server."""
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"ldm-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return settings.model_copy(
+        update={
+            "storage_url": f"s3://{bucket}/jobs",
+            "s3_endpoint_url": s3_endpoint,
+            "s3_region": "us-east-1",
+        }
     )

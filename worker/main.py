@@ -12,7 +12,9 @@ from app.core.queue import rq_queue
 from app.core.settings import get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
+from app.core.workers import WorkerRegistry
 from worker import tasks
+from worker.heartbeat import Heartbeat
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 
@@ -33,9 +35,14 @@ def main() -> None:
 
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
-    storage = open_storage(settings.storage_url)
+    storage = open_storage(settings)
     tasks.install(Runner(pipeline, store, storage))
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     worker = SimpleWorker([rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer)
-    worker.work(with_scheduler=False, logging_level=settings.log_level)
+    heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
+    heartbeat.start()
+    try:
+        worker.work(with_scheduler=False, logging_level=settings.log_level)
+    finally:
+        heartbeat.stop()

@@ -12,6 +12,7 @@ from app.core.queue import JobQueue
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.core.store import JobStore
+from app.core.workers import WorkerRegistry
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     models: dict[str, ModelSpec]
     default_model: str
     metrics: Metrics
+    workers: WorkerRegistry
 
 
 def get_services(request: Request) -> Services:

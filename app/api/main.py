@@ -1,5 +1,7 @@
 """The FastAPI application, built by `create_app()`."""
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,11 +14,15 @@ from app.api.limits import BodySizeLimit, JsonBodies
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.openapi import document_limits
 from app.api.routes import jobs, service
+from app.core.expiry import sweep_expired
 from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
+from app.core.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings) -> Services:
@@ -25,17 +31,27 @@ def build_services(settings: Settings) -> Services:
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
     store = JobStore(redis, settings.result_ttl)
-    spec = model_spec(settings)
     return Services(
         settings=settings,
         redis=redis,
         store=store,
         queue=JobQueue(redis, store, settings.job_timeout),
-        storage=open_storage(settings.storage_url),
-        models={spec.name: spec},
-        default_model=spec.name,
+        storage=open_storage(settings),
+        models={name: model_spec(settings, name) for name in settings.models},
+        default_model=settings.model,
         metrics=Metrics(),
+        workers=WorkerRegistry(redis),
     )
+
+
+async def sweep_forever(services: Services) -> None:
+    """Delete expired jobs' files every `sweep_interval` seconds, whatever goes wrong once."""
+    while True:
+        try:
+            await asyncio.to_thread(sweep_expired, services.store, services.storage)
+        except Exception:
+            log.exception("expiry sweep failed; retrying in %s s", services.settings.sweep_interval)
+        await asyncio.sleep(services.settings.sweep_interval)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_forever(services))
         yield
+        sweeper.cancel()
         services.redis.close()
 
     app = FastAPI(

@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
-    """The service's metrics: HTTP traffic, submitted jobs, queue depth."""
+    """The service's metrics: HTTP traffic, submitted jobs, queue depth, live workers."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -30,6 +30,10 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "ldm_queue_depth", "Jobs waiting per model", ["model"], registry=self.registry
+        )
+        self.live_workers = Gauge(
+            "ldm_live_workers", "Workers heard from in the last 30 s", ["model"],
+            registry=self.registry,
         )
 
 

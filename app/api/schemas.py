@@ -34,6 +34,7 @@ class ModelPublic(BaseModel):
     default_guidance_scale: float
     limits: ModelLimits
     queue_length: int
+    live_workers: int
 
 
 class ModelList(BaseModel):

@@ -51,9 +51,9 @@ _KNOWN: dict[str, tuple[int, int, float]] = {
 }
 
 
-def model_spec(settings: Settings) -> ModelSpec:
-    """The spec of `settings.model`; settings override what the model's files or name imply."""
-    name = settings.model
+def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
+    """The spec of model `name` (default `settings.model`); settings override what it implies."""
+    name = name or settings.model
     size, steps, guidance = _KNOWN.get(name.lower(), (None, 30, 7.5))
     size = settings.native_size or size or _native_size_from_folder(Path(name)) or 512
     return ModelSpec(

@@ -2,10 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -19,11 +19,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     storage_url: str = Field(
         default_factory=lambda: (Path("data") / "images").resolve().as_uri(),
-        description="file:///path for a local folder",
+        description="file:///path for a local folder, s3://bucket/prefix for S3",
     )
+    # S3-compatible storage (AWS, MinIO, R2, GCS interop). Credentials come from boto3's usual
+    # chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, or an instance role.
+    s3_endpoint_url: str | None = Field(None, description="empty for AWS")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint in presigned URLs, when clients reach S3 by another name"
+    )
+    s3_region: str | None = None
+    url_ttl: int = Field(900, ge=1, description="seconds a presigned image URL is valid")
 
     # The model this deployment serves
     model: str = Field("tiny-sd", description="tiny-sd, a diffusers model id or a local folder")
+    # Comma-separated in the environment; the API accepts these, a worker serves `model`.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     model_cache: Path = Path(".cache/models")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -43,9 +53,25 @@ class Settings(BaseSettings):
 
     # Job lifetime
     job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")
-    result_ttl: int = Field(24 * 3600, ge=60, description="seconds a finished job is kept")
+    result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job is kept")
+    sweep_interval: float = Field(60, gt=0, description="seconds between expiry sweeps (API)")
 
     log_level: str = "INFO"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _serve_the_default_model(self) -> "Settings":
+        if not self.models:
+            self.models = [self.model]
+        elif self.model not in self.models:
+            raise ValueError(f"LDM_MODEL {self.model!r} must be one of LDM_MODELS {self.models}")
+        return self
 
 
 @lru_cache

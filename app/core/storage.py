@@ -2,10 +2,13 @@
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
+
+from app.core.settings import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -27,6 +30,14 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object under `key`, if there is one."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix/` (all of a job's files)."""
+        ...
+
+    def url(self, key: str, ttl: int) -> str | None:
+        """An expiring URL clients can fetch the object from, or None to serve it ourselves."""
         ...
 
 
@@ -69,13 +80,32 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
-def open_storage(url: str) -> Storage:
+    def url(self, key: str, ttl: int) -> str | None:
+        return None  # The API serves local files itself.
+
+
+def open_storage(settings: Settings) -> Storage:
     """The backend named by `LDM_STORAGE_URL`."""
-    parsed = urlparse(url)
+    parsed = urlparse(settings.storage_url)
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))
-    raise ValueError(f"unsupported storage URL {url!r}: use file:///absolute/path")
+    if parsed.scheme == "s3" and parsed.netloc:
+        from app.core.s3 import S3Storage  # boto3 is only imported where S3 is used
+
+        return S3Storage(
+            bucket=parsed.netloc,
+            prefix=parsed.path,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            region=settings.s3_region,
+        )
+    raise ValueError(
+        f"unsupported storage URL {settings.storage_url!r}: "
+        "use file:///absolute/path or s3://bucket/prefix"
+    )
 
 
 def image_key(job_id: str, index: int, output_format: str) -> str:

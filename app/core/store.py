@@ -9,13 +9,17 @@ from redis.client import Pipeline
 from app.core.jobs import ImageInfo, Job, JobError, JobParams, JobStatus, Progress
 
 # Moves a job from one of the allowed states to a new one, atomically, so that a cancel and
-# a worker picking the job up can never both win. Returns {1, old} or {0, current or ''}.
+# a worker picking the job up can never both win; a terminal state starts the result TTL of
+# the record and books its files for the expiry sweep. Returns {1, old} or {0, current or ''}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5))
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], tonumber(redis.call('TIME')[1]) + ARGV[3], ARGV[4])
+end
 return {1, cur}
 """
 
@@ -27,6 +31,7 @@ if not cur then return '' end
 if cur == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[4], tonumber(redis.call('TIME')[1]) + ARGV[2], ARGV[3])
   redis.call('LREM', KEYS[2], 0, ARGV[3])
   redis.call('DEL', KEYS[3])
 elseif cur == 'running' then
@@ -34,6 +39,10 @@ elseif cur == 'running' then
 end
 return cur
 """
+
+
+# Job ids by the time their record expires, so that their files can be deleted then too.
+EXPIRY_KEY = "ldm:expiry"
 
 
 def _now() -> str:
@@ -92,10 +101,10 @@ class JobStore:
         self, job_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
     ) -> bool:
         ttl = self.result_ttl if to.is_terminal() else 0
-        args = [",".join(s.value for s in allowed), to.value, ttl]
+        args = [",".join(s.value for s in allowed), to.value, ttl, job_id]
         for name, value in fields.items():
             args += [name, value]
-        moved, _ = self._transition_script(keys=[self.key(job_id)], args=args)
+        moved, _ = self._transition_script(keys=[self.key(job_id), EXPIRY_KEY], args=args)
         return bool(moved)
 
     def start(self, job_id: str, total_steps: int) -> bool:
@@ -140,10 +149,18 @@ class JobStore:
             job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, finished_at=_now()
         )
 
+    def expired(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of jobs whose records have expired, oldest first, whose files are still booked."""
+        return [raw.decode() for raw in self.redis.zrangebyscore(EXPIRY_KEY, 0, now, 0, limit)]
+
+    def forget(self, job_id: str) -> None:
+        """Unbook a job once its files are gone."""
+        self.redis.zrem(EXPIRY_KEY, job_id)
+
     def cancel(self, job_id: str, queue_key: str, rq_job_key: str) -> JobStatus | None:
         """Cancel a queued job now or flag a running one; the state it was in, None if unknown."""
         before = self._cancel_script(
-            keys=[self.key(job_id), queue_key, rq_job_key],
+            keys=[self.key(job_id), queue_key, rq_job_key, EXPIRY_KEY],
             args=[_now(), self.result_ttl, job_id],
         )
         return JobStatus(before.decode()) if before else None

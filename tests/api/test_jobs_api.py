@@ -170,7 +170,9 @@ def test_any_replica_cancels_any_job_whatever_it_serves(
     client: TestClient, settings: Settings
 ) -> None:
     job_id = client.post("/v1/jobs", json={"prompt": "a"}).json()["id"]
-    other = settings.model_copy(update={"model": "some/other-model"})
+    other = Settings.model_validate(
+        settings.model_dump() | {"model": "some/other-model", "models": ["some/other-model"]}
+    )
     with TestClient(create_app(other)) as replica:
         assert replica.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 0
         response = replica.post(f"/v1/jobs/{job_id}/cancel")

@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 
+from app.core.settings import Settings
 from app.core.storage import LocalStorage, ObjectNotFound, check_key, open_storage
 
 
 def test_local_round_trip_and_replace(tmp_path: Path) -> None:
-    storage = open_storage((tmp_path / "store").as_uri())
+    storage = open_storage(Settings(storage_url=(tmp_path / "store").as_uri()))
     storage.put("j_1/0.png", b"first", "image/png")
     storage.put("j_1/0.png", b"second", "image/png")
     assert storage.get("j_1/0.png") == b"second"
@@ -45,4 +46,4 @@ def test_keys_cannot_escape_the_root(key: str) -> None:
 
 def test_unknown_scheme_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported storage URL"):
-        open_storage("ftp://host/path")
+        open_storage(Settings(storage_url="ftp://host/path"))

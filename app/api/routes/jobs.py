@@ -4,6 +4,7 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
+from fastapi.responses import RedirectResponse
 
 from app.api.deps import Services, ServicesDep
 from app.api.errors import PROBLEM_RESPONSE
@@ -89,19 +90,25 @@ def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        307: {"description": "Redirect to an expiring, signed object-storage URL"},
         404: PROBLEM_RESPONSE,
     },
 )
 def get_image(job_id: JobId, index: int, services: ServicesDep) -> Response:
-    """The bytes of image `index` of a succeeded job."""
+    """Image `index` of a succeeded job: its bytes, or a redirect to a signed storage URL."""
     job = _load(services, job_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise ImageNotFound(f"job {job_id} is {job.status.value}; images come once it succeeds")
     if not 0 <= index < len(job.images):
         raise ImageNotFound(f"job {job_id} has images 0..{len(job.images) - 1}")
-    info = job.images[index]
+    key = image_key(job_id, index, job.request.output_format)
+    url = services.storage.url(key, services.settings.url_ttl)
+    if url is not None:
+        # Object storage serves the bytes; the signed URL expires, so it must not be cached.
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
-        data = services.storage.get(image_key(job_id, index, job.request.output_format))
+        data = services.storage.get(key)
     except ObjectNotFound:
         raise ImageNotFound(f"image {index} of job {job_id} is no longer stored") from None
-    return Response(data, media_type=info.content_type, headers={"Cache-Control": IMAGE_CACHE})
+    content_type = job.images[index].content_type
+    return Response(data, media_type=content_type, headers={"Cache-Control": IMAGE_CACHE})

@@ -36,6 +36,7 @@ def metrics(services: ServicesDep) -> Response:
     for spec in services.models.values():
         try:
             services.metrics.queue_depth.labels(spec.name).set(services.queue.depth(spec.name))
+            services.metrics.live_workers.labels(spec.name).set(services.workers.live(spec.name))
         except RedisError:
             pass  # A scrape must not fail because Redis is down; readyz says so.
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -43,7 +44,7 @@ def metrics(services: ServicesDep) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
 def list_models(services: ServicesDep) -> ModelList:
-    """The served models with their defaults, limits and queue length."""
+    """The served models: defaults, limits, queue length and live workers."""
     settings = services.settings
     limits = ModelLimits(
         max_side=settings.max_side,
@@ -62,6 +63,7 @@ def list_models(services: ServicesDep) -> ModelList:
                 default_guidance_scale=spec.default_guidance_scale,
                 limits=limits,
                 queue_length=services.queue.depth(spec.name),
+                live_workers=services.workers.live(spec.name),
             )
             for spec in services.models.values()
         ]

@@ -1,0 +1,37 @@
+"""Live workers per model: each beats every few seconds; a silent one drops out within a minute."""
+
+import time
+
+from redis import Redis
+
+BEAT_EVERY_S = 10.0
+# A worker that missed three beats is gone (killed, frozen, cut off), well within a minute.
+GONE_AFTER_S = 30.0
+
+
+def _key(model: str) -> str:
+    return f"ldm:workers:{model}"
+
+
+class WorkerRegistry:
+    """Who serves which model, from heartbeats kept in one sorted set per model."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def beat(self, model: str, worker: str, now: float | None = None) -> None:
+        """Say `worker` is alive and serving `model`; also drops workers long silent."""
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(_key(model), {worker: now})
+        pipe.zremrangebyscore(_key(model), "-inf", now - GONE_AFTER_S)
+        pipe.execute()
+
+    def leave(self, model: str, worker: str) -> None:
+        """A worker stopping cleanly leaves at once."""
+        self.redis.zrem(_key(model), worker)
+
+    def live(self, model: str, now: float | None = None) -> int:
+        """How many workers serving `model` beat within the last `GONE_AFTER_S` seconds."""
+        now = time.time() if now is None else now
+        return int(self.redis.zcount(_key(model), now - GONE_AFTER_S, "+inf"))

@@ -1,0 +1,42 @@
+"""A thread that keeps this worker in the registry, beating even while a job runs."""
+
+import logging
+import threading
+
+from redis.exceptions import RedisError
+
+from app.core.workers import BEAT_EVERY_S, WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Beats for (model, worker) until stopped; leaves the registry when stopped."""
+
+    def __init__(self, registry: WorkerRegistry, model: str, worker: str) -> None:
+        self.registry = registry
+        self.model = model
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Beat now, then every `BEAT_EVERY_S` seconds."""
+        self.registry.beat(self.model, self.worker)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and leave the registry."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.registry.leave(self.model, self.worker)
+        except RedisError:
+            log.warning("could not leave the worker registry; it forgets us in a minute")
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_EVERY_S):
+            try:
+                self.registry.beat(self.model, self.worker)
+            except RedisError:
+                log.warning("heartbeat failed; retrying in %s s", BEAT_EVERY_S)
