@@ -76,6 +76,30 @@ def start_s3(port: int) -> subprocess.Popen:
     return proc
 
 
+def start_nginx(port: int, upstreams: list[int], workdir: Path) -> subprocess.Popen:
+    """nginx on loopback, balancing round robin (no stickiness) over the given API ports."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    workdir.mkdir(parents=True, exist_ok=True)
+    servers = "".join(f"server 127.0.0.1:{p}; " for p in upstreams)
+    temp = " ".join(
+        f"{kind}_temp_path {workdir}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (workdir / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; pid {workdir}/nginx.pid; user root;"
+        f"error_log {workdir}/error.log; events {{ worker_connections 256; }}"
+        f"http {{ access_log {workdir}/access.log; {temp} client_max_body_size 20m;"
+        f"upstream api {{ {servers}}}"
+        f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://api; }} }} }}"
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_open("127.0.0.1", port), 10, "nginx", proc)
+    return proc
+
+
 def start_python(
     module: str, env: dict[str, str], log: Path | None = None, own_session: bool = False
 ) -> subprocess.Popen:

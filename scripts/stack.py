@@ -5,12 +5,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 from redis import Redis
 from rq import Queue, Worker
 
 from app.core.jobs import JobStatus
-from scripts.procs import free_port, start_python, start_redis, stop, wait_until
+from scripts.procs import (
+    free_port,
+    start_nginx,
+    start_python,
+    start_redis,
+    start_s3,
+    stop,
+    wait_until,
+)
 
 TERMINAL = {s.value for s in JobStatus if s.is_terminal()}
 
@@ -32,6 +41,8 @@ class LocalStack:
         self.redis_proc: subprocess.Popen | None = None
         self.apis: list[tuple[subprocess.Popen, httpx.Client]] = []
         self.workers: list[subprocess.Popen] = []
+        self.others: list[subprocess.Popen] = []
+        self.balancer: httpx.Client | None = None
 
     def __enter__(self) -> "LocalStack":
         self.redis_proc = start_redis(self.redis_port, self.workdir / "redis")
@@ -44,14 +55,46 @@ class LocalStack:
         for proc, client in self.apis:
             client.close()
             stop(proc)
+        if self.balancer:
+            self.balancer.close()
+        for proc in self.others:
+            stop(proc)
         self.redis.close()
         if self.redis_proc:
             stop(self.redis_proc)
 
+    def use_s3(self, bucket: str = "ldm-images") -> None:
+        """Images in a bucket of an S3-compatible server (moto) for every process started next."""
+        port = free_port()
+        self.others.append(start_s3(port))
+        endpoint = f"http://127.0.0.1:{port}"
+        credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=bucket)
+        self.env |= credentials | {
+            "LDM_STORAGE_URL": f"s3://{bucket}/jobs",
+            "LDM_S3_ENDPOINT_URL": endpoint,
+            "LDM_S3_REGION": "us-east-1",
+        }
+
+    def start_balancer(self) -> httpx.Client:
+        """nginx in front of every API started so far; a client of it."""
+        port = free_port()
+        self.others.append(
+            start_nginx(port, [int(c.base_url.port) for _, c in self.apis], self.workdir / "lb")
+        )
+        self.balancer = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        return self.balancer
+
     @property
     def http(self) -> httpx.Client:
-        """A client of the first API process."""
-        return self.apis[0][1]
+        """A client of the balancer once there is one, else of the first API process."""
+        return self.balancer or self.apis[0][1]
 
     def start_api(self, **settings: str) -> httpx.Client:
         """One more API process (its own settings may differ), ready when this returns."""

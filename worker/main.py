@@ -36,10 +36,10 @@ def main() -> None:
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
     storage = open_storage(settings)
-    tasks.install(Runner(pipeline, store, storage))
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     worker = SimpleWorker([rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer)
+    tasks.install(Runner(pipeline, store, storage, worker.name))
     heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
     heartbeat.start()
     try:

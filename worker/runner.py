@@ -33,14 +33,17 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class Runner:
     """Turns a queued job into stored images and a terminal state."""
 
-    def __init__(self, pipeline: ResidentPipeline, store: JobStore, storage: Storage) -> None:
+    def __init__(
+        self, pipeline: ResidentPipeline, store: JobStore, storage: Storage, name: str = ""
+    ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.storage = storage
+        self.name = name
 
     def run(self, job_id: str, params: JobParams) -> None:
         """Run the job unless it was canceled first; re-raise failures so RQ records them too."""
-        if not self.store.start(job_id, params.denoising_steps):
+        if not self.store.start(job_id, params.denoising_steps, self.name):
             log.info("job %s was canceled or expired before it started", job_id)
             return
         out_of_memory = False

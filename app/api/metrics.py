@@ -32,7 +32,9 @@ class Metrics:
             "ldm_queue_depth", "Jobs waiting per model", ["model"], registry=self.registry
         )
         self.live_workers = Gauge(
-            "ldm_live_workers", "Workers heard from in the last 30 s", ["model"],
+            "ldm_live_workers",
+            "Workers heard from in the last 30 s",
+            ["model"],
             registry=self.registry,
         )
 

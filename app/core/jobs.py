@@ -111,6 +111,7 @@ class Job(BaseModel):
     queue_position: int | None = None
     progress: Progress | None = None
     cancel_requested: bool = False
+    worker: str | None = Field(None, description="The worker that ran the job, once running.")
     request: JobParams
     images: list[ImageInfo] = []
     error: JobError | None = None

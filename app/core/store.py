@@ -92,6 +92,7 @@ class JobStore:
             finished_at=fields.get("finished_at"),
             progress=progress,
             cancel_requested=fields.get("cancel") == "1",
+            worker=fields.get("worker") or None,
             request=JobParams.model_validate_json(fields["request"]),
             images=json.loads(fields.get("images", "[]")),
             error=json.loads(fields["error"]) if "error" in fields else None,
@@ -107,8 +108,8 @@ class JobStore:
         moved, _ = self._transition_script(keys=[self.key(job_id), EXPIRY_KEY], args=args)
         return bool(moved)
 
-    def start(self, job_id: str, total_steps: int) -> bool:
-        """queued → running; False if the job was canceled (or vanished) meanwhile."""
+    def start(self, job_id: str, total_steps: int, worker: str = "") -> bool:
+        """queued → running on `worker`; False if the job was canceled (or vanished) meanwhile."""
         return self._transition(
             job_id,
             (JobStatus.QUEUED,),
@@ -116,6 +117,7 @@ class JobStore:
             started_at=_now(),
             step="0",
             total_steps=str(total_steps),
+            worker=worker,
         )
 
     def report_progress(self, job_id: str, step: int) -> bool:

@@ -54,9 +54,9 @@ def test_success_stores_every_image_and_records_it(
     storage = LocalStorage(tmp_path)
     params = make_params(num_images=2, seed=10, output_format="jpeg")
     job_id = submitted(queue, params)
-    Runner(resident, queue.store, storage).run(job_id, params)
+    Runner(resident, queue.store, storage, name="worker-1").run(job_id, params)
     job = queue.store.get(job_id)
-    assert job.status is JobStatus.SUCCEEDED
+    assert job.status is JobStatus.SUCCEEDED and job.worker == "worker-1"
     assert (job.progress.step, job.progress.total_steps) == (4, 4)
     assert [(i.seed, i.content_type, i.url) for i in job.images] == [
         (10, "image/jpeg", f"/v1/jobs/{job_id}/images/0"),
