@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m scripts.run_local
 
-# Tests start their own redis-server; the packaging tests lint with docker-compose.
+# Tests start their own redis-server and nginx; the packaging tests lint with docker-compose.
 system-deps:
-	bash scripts/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose
+	bash scripts/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose nginx:nginx-light
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
