@@ -98,9 +98,10 @@ def open_storage(settings: Settings) -> Storage:
         return S3Storage(
             bucket=parsed.netloc,
             prefix=parsed.path,
-            endpoint_url=settings.s3_endpoint_url,
-            public_endpoint_url=settings.s3_public_endpoint_url,
-            region=settings.s3_region,
+            # An empty variable (as a ConfigMap may hold) means "not set": AWS's defaults.
+            endpoint_url=settings.s3_endpoint_url or None,
+            public_endpoint_url=settings.s3_public_endpoint_url or None,
+            region=settings.s3_region or None,
         )
     raise ValueError(
         f"unsupported storage URL {settings.storage_url!r}: "
