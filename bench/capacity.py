@@ -317,16 +317,22 @@ def parse_mix(text: str) -> Mix:
     return Mix(name, ServiceTime.lognormal(float(mean), float(cv or 0)))
 
 
+def print_header(groups: Sequence[str]) -> None:
+    """A markdown table header; each group may hold several ' | '-separated columns."""
+    columns = " | ".join(groups)
+    print(f"| {columns} |")
+    print("|---" * (columns.count(" | ") + 1) + "|")
+
+
 def sizing_table(
     mix: Mix, targets: Sequence[float], seed: int, max_util: float, max_load: float = 1000
 ) -> None:
     """Workers needed per load for each p95 target: M/M/c, simulation, and with a headroom cap."""
     s = mix.service
-    head = " | ".join(
-        f"p95<{t:g}s: M/M/c | sim | util | sim, util<={max_util:.0%}" for t in targets
+    print_header(
+        ["jobs/s", "offered load (GPUs busy)"]
+        + [f"p95<{t:g}s: M/M/c | sim | util | sim, util<={max_util:.0%}" for t in targets]
     )
-    print(f"| jobs/s | offered load (GPUs busy) | {head} |")
-    print("|---" * (2 + 4 * len(targets)) + "|")
     for load in LOADS:
         a = load * s.mean
         if a < 0.1 or a > max_load:
@@ -343,11 +349,9 @@ def sizing_table(
 def utilisation_table(mix: Mix, seed: int, levels: Sequence[float] = (0.70, 0.85)) -> None:
     """Wait (seconds) at fixed utilisation for 1..1000 GPUs, by M/M/c and by simulation."""
     s = mix.service
-    head = " | ".join(
-        f"{u:.0%}: jobs/s | mean M/M/c | p95 M/M/c | p95 sim | p99 sim" for u in levels
+    print_header(
+        ["GPUs"] + [f"{u:.0%}: jobs/s | mean M/M/c | p95 M/M/c | p95 sim | p99 sim" for u in levels]
     )
-    print(f"| GPUs | {head} |")
-    print("|---" * (1 + 5 * len(levels)) + "|")
     for c in GPU_COUNTS:
         cells = []
         for u in levels:

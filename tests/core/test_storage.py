@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from app.core.settings import Settings
-from app.core.storage import LocalStorage, ObjectNotFound, check_key, open_storage
+from app.core.storage import LocalStorage, ObjectNotFound, Storage, check_key, open_storage
 
 
 def test_local_round_trip_and_replace(tmp_path: Path) -> None:
@@ -15,20 +15,33 @@ def test_local_round_trip_and_replace(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "store").rglob(".tmp-*")]
 
 
-def test_missing_object(tmp_path: Path) -> None:
-    with pytest.raises(ObjectNotFound):
-        LocalStorage(tmp_path).get("j_1/0.png")
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """Each backend, for the behaviour every backend owes (S3 over real HTTP, moto)."""
+    if request.param == "local":
+        return LocalStorage(tmp_path)
+    return open_storage(request.getfixturevalue("s3_settings"))
 
 
-def test_delete_removes_one_object_and_tolerates_missing(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path)
-    storage.put("j_1/0.png", b"a", "image/png")
-    storage.put("j_1/1.png", b"b", "image/png")
-    storage.delete("j_1/0.png")
-    storage.delete("j_1/0.png")
+def test_every_backend_deletes_one_object_or_a_whole_job(backend: Storage) -> None:
     with pytest.raises(ObjectNotFound):
-        storage.get("j_1/0.png")
-    assert storage.get("j_1/1.png") == b"b"
+        backend.get("j_1/0.png")
+    for key in ("j_1/0.png", "j_1/1.png", "j_2/0.png"):
+        backend.put(key, key.encode(), "image/png")
+    backend.delete("j_1/0.png")
+    backend.delete("j_1/0.png")  # already gone: fine
+    with pytest.raises(ObjectNotFound):
+        backend.get("j_1/0.png")
+    assert backend.get("j_1/1.png") == b"j_1/1.png"
+    backend.delete_prefix("j_1")
+    with pytest.raises(ObjectNotFound):
+        backend.get("j_1/1.png")
+    assert backend.get("j_2/0.png") == b"j_2/0.png"
+
+
+def test_every_backend_refuses_keys_that_escape(backend: Storage) -> None:
+    with pytest.raises(ValueError):
+        backend.put("../outside.png", b"x", "image/png")
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
