@@ -28,7 +28,7 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and leave the registry."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=BEAT_EVERY_S)
         try:
             self.registry.leave(self.model, self.worker)
         except RedisError:

@@ -1,6 +1,7 @@
 """The FastAPI application, built by `create_app()`."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(sweep_forever(services))
         yield
         sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         services.redis.close()
 
     app = FastAPI(

@@ -52,15 +52,15 @@ _KNOWN: dict[str, tuple[int, int, float]] = {
 
 
 def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
-    """The spec of model `name` (default `settings.model`); settings override what it implies."""
+    """The spec of model `name` (default `settings.model`, the only one settings override)."""
     name = name or settings.model
     size, steps, guidance = _KNOWN.get(name.lower(), (None, 30, 7.5))
-    size = settings.native_size or size or _native_size_from_folder(Path(name)) or 512
+    size = size or _native_size_from_folder(Path(name)) or 512
+    if name == settings.model:
+        size = settings.native_size or size
+        steps = settings.default_steps or steps
+        if settings.default_guidance_scale is not None:
+            guidance = settings.default_guidance_scale
     return ModelSpec(
-        name=name,
-        native_size=size,
-        default_steps=settings.default_steps or steps,
-        default_guidance_scale=(
-            guidance if settings.default_guidance_scale is None else settings.default_guidance_scale
-        ),
+        name=name, native_size=size, default_steps=steps, default_guidance_scale=guidance
     )

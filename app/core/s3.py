@@ -26,10 +26,13 @@ class S3Storage:
         self.prefix = prefix.strip("/")
         # Path-style addressing works with every S3-compatible server, virtual hosts do not;
         # SigV4 is what R2 and newer AWS regions accept for presigned URLs.
+        # Checksums only where required: several S3-compatible stores refuse the extra headers.
         config = Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
             retries={"mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self.client: Any = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=config
@@ -67,7 +70,12 @@ class S3Storage:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/"):
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+                result = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+                if result.get("Errors"):  # reported per key, not raised
+                    raise OSError(
+                        f"could not delete {result['Errors'][0]['Key']}: "
+                        f"{result['Errors'][0]['Message']}"
+                    )
 
     def url(self, key: str, ttl: int) -> str | None:
         return self.signer.generate_presigned_url(

@@ -1,5 +1,6 @@
 """Service settings: one class, read from `LDM_*` environment variables by API and worker."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,7 +29,9 @@ class Settings(BaseSettings):
         None, description="endpoint in presigned URLs, when clients reach S3 by another name"
     )
     s3_region: str | None = None
-    url_ttl: int = Field(900, ge=1, description="seconds a presigned image URL is valid")
+    url_ttl: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="seconds a presigned image URL is valid"
+    )
 
     # The model this deployment serves
     model: str = Field("tiny-sd", description="tiny-sd, a diffusers model id or a local folder")
@@ -61,6 +64,8 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value

@@ -155,6 +155,15 @@ class JobStore:
         """Ids of jobs whose records have expired, oldest first, whose files are still booked."""
         return [raw.decode() for raw in self.redis.zrangebyscore(EXPIRY_KEY, 0, now, 0, limit)]
 
+    def exists(self, job_id: str) -> bool:
+        """Whether the job's record is still there (not expired)."""
+        return bool(self.redis.exists(self.key(job_id)))
+
+    def now(self) -> float:
+        """Redis' clock, the one record expiry follows (not this host's)."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
+
     def forget(self, job_id: str) -> None:
         """Unbook a job once its files are gone."""
         self.redis.zrem(EXPIRY_KEY, job_id)

@@ -1,11 +1,9 @@
 """Live workers per model: each beats every few seconds; a silent one drops out within a minute."""
 
-import time
-
 from redis import Redis
 
 BEAT_EVERY_S = 10.0
-# A worker that missed three beats is gone (killed, frozen, cut off), well within a minute.
+# A worker that missed three beats is gone (killed, or cut off from Redis), well within a minute.
 GONE_AFTER_S = 30.0
 
 
@@ -21,11 +19,16 @@ class WorkerRegistry:
 
     def beat(self, model: str, worker: str, now: float | None = None) -> None:
         """Say `worker` is alive and serving `model`; also drops workers long silent."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(_key(model), {worker: now})
         pipe.zremrangebyscore(_key(model), "-inf", now - GONE_AFTER_S)
         pipe.execute()
+
+    def _now(self) -> float:
+        # Redis' clock: workers and API replicas on other hosts may disagree about the time.
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
 
     def leave(self, model: str, worker: str) -> None:
         """A worker stopping cleanly leaves at once."""
@@ -33,5 +36,5 @@ class WorkerRegistry:
 
     def live(self, model: str, now: float | None = None) -> int:
         """How many workers serving `model` beat within the last `GONE_AFTER_S` seconds."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         return int(self.redis.zcount(_key(model), now - GONE_AFTER_S, "+inf"))

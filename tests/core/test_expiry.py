@@ -1,6 +1,5 @@
 """Result expiry: records go with Redis' TTL, files with the sweep (real Redis, real folder)."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -38,8 +37,14 @@ def test_terminal_jobs_expire_and_their_files_are_swept(redis: Redis, tmp_path: 
 
     assert sweep_expired(store, storage) == 0  # nothing is due yet
     assert storage.get(image_key(done, 0, "png")) == b"png"
+    later = store.now() + TTL + 1
+    # Due, but a record still there (its TTL runs on the millisecond) keeps its files.
+    assert sweep_expired(store, storage, now=later) == 0
+    assert storage.get(image_key(done, 0, "png")) == b"png"
 
-    assert sweep_expired(store, storage, now=time.time() + TTL + 1) == 3
+    for job_id in (done, failed, canceled):
+        redis.delete(store.key(job_id))  # what Redis does when the TTL runs out
+    assert sweep_expired(store, storage, now=later) == 3
     for job_id in (done, failed, canceled):
         assert not (tmp_path / job_id).exists()
     assert storage.get(image_key(running, 0, "png")) == b"png"
@@ -56,7 +61,8 @@ def test_a_sweep_that_fails_leaves_the_job_for_the_next(redis: Redis, tmp_path: 
         def delete_prefix(self, prefix: str) -> None:
             raise OSError("storage down")
 
-    later = time.time() + TTL + 1
+    later = store.now() + TTL + 1
+    redis.delete(store.key(job_id))
     with pytest.raises(OSError):
         sweep_expired(store, Broken(tmp_path), now=later)
     assert store.expired(later) == [job_id]

@@ -24,7 +24,7 @@ def test_round_trip_under_the_prefix(storage: S3Storage) -> None:
     assert head["ContentType"] == "image/png"
 
 
-def test_presigned_urls_serve_the_object_and_expire(storage: S3Storage) -> None:
+def test_presigned_urls_serve_the_object_and_ask_for_the_ttl(storage: S3Storage) -> None:
     storage.put("j_1/0.webp", b"RIFF-image", "image/webp")
     url = storage.url("j_1/0.webp", ttl=60)
     response = httpx.get(url)

@@ -39,6 +39,21 @@ def test_model_spec_of_tiny_model_and_overrides() -> None:
     assert spec.queue_name == "ldm:tiny-sd"
     spec = model_spec(Settings(model="tiny-sd", default_steps=7, default_guidance_scale=0.0))
     assert (spec.default_steps, spec.default_guidance_scale) == (7, 0.0)
+    # Overrides are for LDM_MODEL; other served models keep their own defaults.
+    served = Settings(model="tiny-sd", models=["tiny-sd", "stabilityai/sd-turbo"], default_steps=7)
+    assert model_spec(served, "stabilityai/sd-turbo").default_steps == 1
+
+
+def test_models_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LDM_MODELS", "tiny-sd, stabilityai/sd-turbo")
+    assert Settings().models == ["tiny-sd", "stabilityai/sd-turbo"]
+    monkeypatch.setenv("LDM_MODELS", '["tiny-sd", "other"]')
+    assert Settings().models == ["tiny-sd", "other"]
+    monkeypatch.setenv("LDM_MODELS", "")
+    assert Settings().models == ["tiny-sd"]
+    monkeypatch.setenv("LDM_MODELS", "other")
+    with pytest.raises(ValidationError, match="must be one of LDM_MODELS"):
+        Settings()
 
 
 def test_model_spec_reads_native_size_from_a_local_folder(tmp_path: Path) -> None:

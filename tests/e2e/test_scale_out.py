@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.core.workers import GONE_AFTER_S
+from scripts.procs import wait_until
 from scripts.stack import LocalStack
 from tests.e2e.conftest import BUSY
 from worker.tiny_model import ensure_tiny_model
@@ -40,10 +41,19 @@ def requests_served(client: httpx.Client) -> float:
     return total
 
 
+def rq_jobs_run(cluster: LocalStack) -> int:
+    """Jobs the workers have run, by RQ's own count."""
+    return sum(w.successful_job_count + w.failed_job_count for w in cluster.live_workers())
+
+
 def test_jobs_through_the_balancer_all_succeed_once(cluster: LocalStack) -> None:
+    before = rq_jobs_run(cluster)
     jobs = [cluster.submit({"prompt": f"p{i}", "num_inference_steps": 6}) for i in range(12)]
     done = [cluster.wait(job["id"], timeout=120) for job in jobs]
     assert all(job["status"] == "succeeded" for job in done)
+    # RQ counts a job just after the runner records it: wait for the count, then no more.
+    wait_until(lambda: rq_jobs_run(cluster) - before >= 12, 10, "RQ's job count")
+    assert rq_jobs_run(cluster) - before == 12  # no job taken twice
     # Each job ran on exactly one worker, and both workers took jobs.
     assert all(job["worker"] for job in done)
     assert len({job["worker"] for job in done}) == 2

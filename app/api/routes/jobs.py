@@ -54,7 +54,12 @@ def submit_job(body: JobCreate, services: ServicesDep, response: Response) -> Jo
     if init_image is not None:
         # Workers read a normalised PNG from storage; the queue payload stays small.
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
-    services.queue.submit(job_id, params)
+    try:
+        services.queue.submit(job_id, params)
+    except Exception:
+        if init_image is not None:  # no job will ever own it
+            services.storage.delete(init_image_key(job_id))
+        raise
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return _load(services, job_id)
