@@ -4,14 +4,17 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
 from app.api.metrics import Metrics
+from app.core.errors import Unauthorized
 from app.core.models import ModelSpec
 from app.core.queue import JobQueue
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.core.store import JobStore
+from app.core.tenants import OPEN_TENANT, ApiKeys
 from app.core.workers import WorkerRegistry
 
 
@@ -28,6 +31,7 @@ class Services:
     default_model: str
     metrics: Metrics
     workers: WorkerRegistry
+    api_keys: ApiKeys
 
 
 def get_services(request: Request) -> Services:
@@ -36,3 +40,20 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+_bearer = HTTPBearer(auto_error=False, description="An API key, when LDM_API_KEYS is set.")
+
+
+def current_tenant(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The tenant making the request: from its API key, or the open tenant with no keys set."""
+    if services.api_keys.open:
+        return OPEN_TENANT
+    tenant = services.api_keys.tenant_of(credentials.credentials) if credentials else None
+    if tenant is None:
+        raise Unauthorized("send a valid API key as 'Authorization: Bearer <key>'")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(current_tenant)]

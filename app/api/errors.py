@@ -19,6 +19,7 @@ from app.core.errors import (
     JobNotFound,
     QueueFull,
     ServiceError,
+    Unauthorized,
 )
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     JobConflict: 409,
     InvalidRequest: 422,
     QueueFull: 503,
+    Unauthorized: 401,
 }
 # For route declarations, so that /openapi.json documents the problem bodies.
 PROBLEM_RESPONSE: dict[str, Any] = {"model": Problem, "content": {PROBLEM_JSON: {}}}
@@ -71,6 +73,8 @@ async def _service(_: Request, exc: ServiceError) -> JSONResponse:
     if isinstance(exc, InvalidRequest):
         errors = [FieldProblem(field=e.field, message=e.message) for e in exc.errors]
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="ldm-serve"'}
     return problem(status, exc.detail, errors, headers)
 
 

@@ -21,6 +21,7 @@ from app.core.queue import JobQueue
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
+from app.core.tenants import ApiKeys
 from app.core.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def build_services(settings: Settings) -> Services:
         default_model=settings.model,
         metrics=Metrics(),
         workers=WorkerRegistry(redis),
+        api_keys=ApiKeys(settings.api_keys),
     )
 
 
@@ -61,6 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if services.api_keys.open:
+            log.warning(
+                "LDM_API_KEYS is not set: the API is OPEN, anyone who reaches it can submit "
+                "jobs and read every job. Set tenant:key pairs before exposing it."
+            )
         sweeper = asyncio.create_task(sweep_forever(services))
         yield
         sweeper.cancel()

@@ -39,5 +39,9 @@ class InvalidRequest(ServiceError):
         self.errors = errors
 
 
+class Unauthorized(ServiceError):
+    """No valid API key for a service that requires one."""
+
+
 class QueueFull(ServiceError):
     """The model's queue holds as many jobs as the deployment allows; retry later."""

@@ -27,7 +27,7 @@ class JobQueue:
         self.store = store
         self.job_timeout = job_timeout
 
-    def submit(self, job_id: str, params: JobParams) -> None:
+    def submit(self, job_id: str, params: JobParams, tenant: str) -> None:
         """Write the record and enqueue the job in one transaction: both or neither."""
         with self.redis.pipeline() as pipe:
             # RQ calls MULTI itself, so it goes first; EXEC makes both writes one step.
@@ -43,7 +43,7 @@ class JobQueue:
                 on_failure=Callback(ON_FAILURE),
                 pipeline=pipe,
             )
-            self.store.create(job_id, params, pipe)
+            self.store.create(job_id, params, tenant, pipe)
             pipe.execute()
 
     def position(self, job_id: str, model: str) -> int | None:

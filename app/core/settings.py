@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job is kept")
     sweep_interval: float = Field(60, gt=0, description="seconds between expiry sweeps (API)")
 
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated tenant:key pairs; unset means an open service"
+    )
     log_level: str = "INFO"
 
     @field_validator("models", mode="before")

@@ -63,7 +63,7 @@ class JobStore:
         """The Redis hash of a job."""
         return f"ldm:job:{job_id}"
 
-    def create(self, job_id: str, params: JobParams, pipe: Pipeline) -> None:
+    def create(self, job_id: str, params: JobParams, tenant: str, pipe: Pipeline) -> None:
         """Write a new `queued` record (as part of the caller's submit transaction)."""
         pipe.hset(
             self.key(job_id),
@@ -72,13 +72,15 @@ class JobStore:
                 "model": params.model,
                 "created_at": _now(),
                 "request": params.model_dump_json(),
+                "tenant": tenant,
             },
         )
 
-    def get(self, job_id: str) -> Job | None:
-        """The job as clients see it (without queue position), or None."""
+    def get(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job as clients see it (without queue position); None if unknown or, when
+        `tenant` is given, another tenant's."""
         fields = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key(job_id)).items()}
-        if "status" not in fields:
+        if "status" not in fields or (tenant is not None and fields.get("tenant") != tenant):
             return None
         progress = None
         if "total_steps" in fields:

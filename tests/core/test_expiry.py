@@ -17,7 +17,7 @@ TTL = 100
 
 def submitted(queue: JobQueue, storage: LocalStorage) -> str:
     job_id = new_job_id()
-    queue.submit(job_id, make_params())
+    queue.submit(job_id, make_params(), "t1")
     storage.put(image_key(job_id, 0, "png"), b"png", "image/png")
     return job_id
 

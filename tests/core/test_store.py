@@ -19,7 +19,7 @@ def queue(redis: Redis) -> JobQueue:
 
 def submit(queue: JobQueue) -> str:
     job_id = new_job_id()
-    queue.submit(job_id, PARAMS)
+    queue.submit(job_id, PARAMS, "t1")
     return job_id
 
 

@@ -44,7 +44,7 @@ def queue(redis: Redis) -> JobQueue:
 
 def submitted(queue: JobQueue, params: JobParams) -> str:
     job_id = new_job_id()
-    queue.submit(job_id, params)
+    queue.submit(job_id, params, "t1")
     return job_id
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import RedirectResponse
 
-from app.api.deps import Services, ServicesDep
+from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.errors import PROBLEM_RESPONSE
 from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull
 from app.core.images import decode_init_image, to_png
@@ -20,9 +20,11 @@ JobId = Annotated[str, Path(description="The job id, as returned by submit.")]
 IMAGE_CACHE = "private, max-age=86400, immutable"
 
 
-def _load(services: Services, job_id: str) -> Job:
-    """The job with its live queue position; `JobNotFound` for unknown or malformed ids."""
-    job = services.store.get(job_id) if re.fullmatch(JOB_ID_PATTERN, job_id) else None
+def _load(services: Services, job_id: str, tenant: str) -> Job:
+    """The tenant's job with its live queue position; `JobNotFound` for unknown or malformed
+    ids and for other tenants' jobs alike (404, never 403: ids of others do not leak)."""
+    valid = re.fullmatch(JOB_ID_PATTERN, job_id)
+    job = services.store.get(job_id, tenant) if valid else None
     if job is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if job.status is JobStatus.QUEUED:
@@ -36,9 +38,16 @@ def _load(services: Services, job_id: str) -> Job:
     "",
     status_code=202,
     response_model=Job,
-    responses={413: PROBLEM_RESPONSE, 422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE},
+    responses={
+        401: PROBLEM_RESPONSE,
+        413: PROBLEM_RESPONSE,
+        422: PROBLEM_RESPONSE,
+        503: PROBLEM_RESPONSE,
+    },
 )
-def submit_job(body: JobCreate, services: ServicesDep, response: Response) -> Job:
+def submit_job(
+    body: JobCreate, services: ServicesDep, tenant: TenantDep, response: Response
+) -> Job:
     """Submit a text-to-image job, or image-to-image when `init_image` is given."""
     settings = services.settings
     spec = select_model(body.model, services.models, services.default_model)
@@ -55,31 +64,33 @@ def submit_job(body: JobCreate, services: ServicesDep, response: Response) -> Jo
         # Workers read a normalised PNG from storage; the queue payload stays small.
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
     try:
-        services.queue.submit(job_id, params)
+        services.queue.submit(job_id, params, tenant)
     except Exception:
         if init_image is not None:  # no job will ever own it
             services.storage.delete(init_image_key(job_id))
         raise
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return _load(services, job_id)
+    return _load(services, job_id, tenant)
 
 
-@router.get("/{job_id}", response_model=Job, responses={404: PROBLEM_RESPONSE})
-def get_job(job_id: JobId, services: ServicesDep) -> Job:
+@router.get(
+    "/{job_id}", response_model=Job, responses={401: PROBLEM_RESPONSE, 404: PROBLEM_RESPONSE}
+)
+def get_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     """Poll a job: its state, progress, queue position and, once done, its images."""
-    return _load(services, job_id)
+    return _load(services, job_id, tenant)
 
 
 @router.post(
     "/{job_id}/cancel",
     status_code=202,
     response_model=Job,
-    responses={404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
+    responses={401: PROBLEM_RESPONSE, 404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
 )
-def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
+def cancel_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     """Cancel a job: a queued one at once, a running one at its next denoising step."""
-    job = _load(services, job_id)
+    job = _load(services, job_id, tenant)
     if job.status.is_terminal():
         raise JobConflict(f"job {job_id} is already {job.status.value}")
     before = services.queue.cancel(job_id, job.model)
@@ -87,7 +98,7 @@ def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if before.is_terminal():
         raise JobConflict(f"job {job_id} is already {before.value}")
-    return _load(services, job_id)
+    return _load(services, job_id, tenant)
 
 
 @router.get(
@@ -96,12 +107,13 @@ def cancel_job(job_id: JobId, services: ServicesDep) -> Job:
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
         307: {"description": "Redirect to an expiring, signed object-storage URL"},
+        401: PROBLEM_RESPONSE,
         404: PROBLEM_RESPONSE,
     },
 )
-def get_image(job_id: JobId, index: int, services: ServicesDep) -> Response:
+def get_image(job_id: JobId, index: int, services: ServicesDep, tenant: TenantDep) -> Response:
     """Image `index` of a succeeded job: its bytes, or a redirect to a signed storage URL."""
-    job = _load(services, job_id)
+    job = _load(services, job_id, tenant)
     if job.status is not JobStatus.SUCCEEDED:
         raise ImageNotFound(f"job {job_id} is {job.status.value}; images come once it succeeds")
     if not 0 <= index < len(job.images):

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, TenantDep
 from app.api.errors import PROBLEM_RESPONSE, RETRY_AFTER_S, problem
 from app.api.schemas import Health, ModelLimits, ModelList, ModelPublic
 
@@ -42,8 +42,10 @@ def metrics(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["models"])
-def list_models(services: ServicesDep) -> ModelList:
+@router.get(
+    "/v1/models", response_model=ModelList, tags=["models"], responses={401: PROBLEM_RESPONSE}
+)
+def list_models(services: ServicesDep, _tenant: TenantDep) -> ModelList:
     """The served models: defaults, limits, queue length and live workers."""
     settings = services.settings
     limits = ModelLimits(
