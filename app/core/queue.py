@@ -1,10 +1,16 @@
 """The queue protocol: one RQ queue per model, a JSON payload, the task named by dotted path."""
 
+import hashlib
+from dataclasses import dataclass
+
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Callback, Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from app.core.errors import FieldError, InvalidRequest
 from app.core.jobs import JobParams, JobStatus
 from app.core.models import queue_name
 from app.core.store import JobStore
@@ -19,6 +25,37 @@ def rq_queue(redis: Redis, model: str) -> Queue:
     return Queue(queue_name(model), connection=redis, serializer=JSONSerializer)
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's `Idempotency-Key` and the fingerprint of the body it came with."""
+
+    key: str
+    fingerprint: str
+
+    def redis_key(self, tenant: str) -> str:
+        """Per tenant, hashed: keys are the client's, of any length and content."""
+        return f"ldm:idem:{tenant}:{hashlib.sha256(self.key.encode()).hexdigest()}"
+
+    def record(self, job_id: str) -> str:
+        return f"{job_id} {self.fingerprint}"
+
+    def earlier_job(self, stored: bytes | None) -> str | None:
+        """The job of an earlier request with this key; `InvalidRequest` if its body differed."""
+        if stored is None:
+            return None
+        job_id, fingerprint = stored.decode().split(" ", 1)
+        if fingerprint != self.fingerprint:
+            raise InvalidRequest(
+                [
+                    FieldError(
+                        "header.Idempotency-Key",
+                        "already used with a different body; use a new key for a new job",
+                    )
+                ]
+            )
+        return job_id
+
+
 class JobQueue:
     """Submits, locates and cancels jobs across the job store and the models' RQ queues."""
 
@@ -27,24 +64,57 @@ class JobQueue:
         self.store = store
         self.job_timeout = job_timeout
 
-    def submit(self, job_id: str, params: JobParams, tenant: str) -> None:
-        """Write the record and enqueue the job in one transaction: both or neither."""
+    def submit(
+        self,
+        job_id: str,
+        params: JobParams,
+        tenant: str,
+        idempotency: Idempotency | None = None,
+    ) -> str:
+        """Write the record and enqueue the job in one transaction: both or neither.
+
+        With an idempotency key, the key is claimed in the same transaction, so concurrent
+        duplicates on any replicas make one job; returns the id of the job the key names.
+        """
         with self.redis.pipeline() as pipe:
-            # RQ calls MULTI itself, so it goes first; EXEC makes both writes one step.
-            rq_queue(self.redis, params.model).enqueue_call(
-                TASK,
-                args=[job_id, params.model_dump(mode="json")],
-                job_id=job_id,
-                timeout=self.job_timeout,
-                # The job store keeps results; RQ need not keep its copy of a finished job.
-                result_ttl=0,
-                failure_ttl=self.store.result_ttl,
-                # Runs where the job failed outside the runner too (worker died, bad payload).
-                on_failure=Callback(ON_FAILURE),
-                pipeline=pipe,
-            )
-            self.store.create(job_id, params, tenant, pipe)
-            pipe.execute()
+            while True:
+                try:
+                    if idempotency is not None:
+                        pipe.watch(idempotency.redis_key(tenant))
+                        earlier = idempotency.earlier_job(pipe.get(idempotency.redis_key(tenant)))
+                        if earlier is not None:
+                            return earlier
+                    self._enqueue(job_id, params, tenant, pipe)
+                    if idempotency is not None:
+                        pipe.set(
+                            idempotency.redis_key(tenant),
+                            idempotency.record(job_id),
+                            ex=self.store.result_ttl,
+                        )
+                    pipe.execute()
+                    return job_id
+                except WatchError:
+                    continue  # another replica claimed the key meanwhile: read its job
+
+    def find(self, tenant: str, idempotency: Idempotency) -> str | None:
+        """The job an idempotency key already names, if any (raises on a different body)."""
+        return idempotency.earlier_job(self.redis.get(idempotency.redis_key(tenant)))
+
+    def _enqueue(self, job_id: str, params: JobParams, tenant: str, pipe: Pipeline) -> None:
+        # RQ calls MULTI itself, so it goes first; EXEC makes all the writes one step.
+        rq_queue(self.redis, params.model).enqueue_call(
+            TASK,
+            args=[job_id, params.model_dump(mode="json")],
+            job_id=job_id,
+            timeout=self.job_timeout,
+            # The job store keeps results; RQ need not keep its copy of a finished job.
+            result_ttl=0,
+            failure_ttl=self.store.result_ttl,
+            # Runs where the job failed outside the runner too (worker died, bad payload).
+            on_failure=Callback(ON_FAILURE),
+            pipeline=pipe,
+        )
+        self.store.create(job_id, params, tenant, pipe)
 
     def position(self, job_id: str, model: str) -> int | None:
         """0-based place among the jobs waiting for this model; None if not waiting."""

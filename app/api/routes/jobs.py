@@ -1,9 +1,10 @@
 """The /v1/jobs resource: submit, poll, cancel, fetch images."""
 
+import hashlib
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import RedirectResponse
 
 from app.api.deps import Services, ServicesDep, TenantDep
@@ -11,6 +12,7 @@ from app.api.errors import PROBLEM_RESPONSE
 from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, new_job_id
+from app.core.queue import Idempotency
 from app.core.resolve import resolve_request, select_model
 from app.core.storage import ObjectNotFound, image_key, init_image_key
 
@@ -34,6 +36,12 @@ def _load(services: Services, job_id: str, tenant: str) -> Job:
     return job
 
 
+def _replay(services: Services, job_id: str, tenant: str, response: Response) -> Job:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return _load(services, job_id, tenant)
+
+
 @router.post(
     "",
     status_code=202,
@@ -46,10 +54,22 @@ def _load(services: Services, job_id: str, tenant: str) -> Job:
     },
 )
 def submit_job(
-    body: JobCreate, services: ServicesDep, tenant: TenantDep, response: Response
+    body: JobCreate,
+    services: ServicesDep,
+    tenant: TenantDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Job:
-    """Submit a text-to-image job, or image-to-image when `init_image` is given."""
+    """Submit a text-to-image job, or image-to-image when `init_image` is given.
+
+    With an `Idempotency-Key`, a retry of the same body returns the same job."""
     settings = services.settings
+    idempotency = None
+    if idempotency_key is not None:
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        idempotency = Idempotency(idempotency_key, fingerprint)
+        if earlier := services.queue.find(tenant, idempotency):
+            return _replay(services, earlier, tenant, response)
     spec = select_model(body.model, services.models, services.default_model)
     init_image = None
     if body.init_image is not None:
@@ -63,12 +83,14 @@ def submit_job(
     if init_image is not None:
         # Workers read a normalised PNG from storage; the queue payload stays small.
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
+    submitted = None
     try:
-        services.queue.submit(job_id, params, tenant)
-    except Exception:
-        if init_image is not None:  # no job will ever own it
+        submitted = services.queue.submit(job_id, params, tenant, idempotency)
+    finally:
+        if init_image is not None and submitted != job_id:  # no job will ever own it
             services.storage.delete(init_image_key(job_id))
-        raise
+    if submitted != job_id:  # a concurrent duplicate on another replica won
+        return _replay(services, submitted, tenant, response)
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return _load(services, job_id, tenant)
