@@ -7,6 +7,7 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
+from app.core.limits import ServiceRate
 from app.core.models import model_spec
 from app.core.queue import rq_queue
 from app.core.settings import get_settings
@@ -39,7 +40,7 @@ def main() -> None:
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     worker = SimpleWorker([rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer)
-    tasks.install(Runner(pipeline, store, storage, worker.name))
+    tasks.install(Runner(pipeline, store, storage, worker.name, ServiceRate(redis)))
     heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
     heartbeat.start()
     try:

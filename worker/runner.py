@@ -12,6 +12,7 @@ from rq.timeouts import JobTimeoutException
 
 from app.core.images import encode_image
 from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
+from app.core.limits import ServiceRate
 from app.core.storage import Storage, image_key, init_image_key
 from app.core.store import JobStore
 from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
@@ -34,12 +35,18 @@ class Runner:
     """Turns a queued job into stored images and a terminal state."""
 
     def __init__(
-        self, pipeline: ResidentPipeline, store: JobStore, storage: Storage, name: str = ""
+        self,
+        pipeline: ResidentPipeline,
+        store: JobStore,
+        storage: Storage,
+        name: str = "",
+        service_rate: ServiceRate | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.storage = storage
         self.name = name
+        self.service_rate = service_rate
 
     def run(self, job_id: str, params: JobParams) -> None:
         """Run the job unless it was canceled first; re-raise failures so RQ records them too."""
@@ -74,10 +81,19 @@ class Runner:
         finally:
             if params.mode == "image-to-image":
                 self.storage.delete(init_image_key(job_id))
+            self._count_finished(job_id, params.model)
         if out_of_memory:
             # Only here, outside the except block, are the failed run's tensors unreferenced.
             gc.collect()
             free_memory(self.pipeline.device)
+
+    def _count_finished(self, job_id: str, model: str) -> None:
+        # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
+        if self.service_rate is not None:
+            try:
+                self.service_rate.record(model, job_id)
+            except RedisError:
+                log.warning("could not count job %s as finished", job_id)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         log.warning("job %s failed: %s", job_id, code)

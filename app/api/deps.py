@@ -9,6 +9,7 @@ from redis import Redis
 
 from app.api.metrics import Metrics
 from app.core.errors import Unauthorized
+from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import ModelSpec
 from app.core.queue import JobQueue
 from app.core.settings import Settings
@@ -32,6 +33,8 @@ class Services:
     metrics: Metrics
     workers: WorkerRegistry
     api_keys: ApiKeys
+    service_rate: ServiceRate
+    rate_limiter: RateLimiter | None
 
 
 def get_services(request: Request) -> Services:

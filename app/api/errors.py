@@ -17,7 +17,9 @@ from app.core.errors import (
     InvalidRequest,
     JobConflict,
     JobNotFound,
+    Overloaded,
     QueueFull,
+    RateLimited,
     ServiceError,
     Unauthorized,
 )
@@ -31,6 +33,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     JobConflict: 409,
     InvalidRequest: 422,
     QueueFull: 503,
+    RateLimited: 429,
     Unauthorized: 401,
 }
 # For route declarations, so that /openapi.json documents the problem bodies.
@@ -73,6 +76,8 @@ async def _service(_: Request, exc: ServiceError) -> JSONResponse:
     if isinstance(exc, InvalidRequest):
         errors = [FieldProblem(field=e.field, message=e.message) for e in exc.errors]
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after)}
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="ldm-serve"'}
     return problem(status, exc.detail, errors, headers)

@@ -16,6 +16,7 @@ from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.openapi import document_limits
 from app.api.routes import jobs, service
 from app.core.expiry import sweep_expired
+from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.settings import Settings, get_settings
@@ -44,6 +45,12 @@ def build_services(settings: Settings) -> Services:
         metrics=Metrics(),
         workers=WorkerRegistry(redis),
         api_keys=ApiKeys(settings.api_keys),
+        service_rate=ServiceRate(redis),
+        rate_limiter=(
+            RateLimiter(redis, settings.rate_limit, settings.rate_burst)
+            if settings.rate_limit
+            else None
+        ),
     )
 
 

@@ -43,5 +43,17 @@ class Unauthorized(ServiceError):
     """No valid API key for a service that requires one."""
 
 
-class QueueFull(ServiceError):
+class Overloaded(ServiceError):
+    """Base of the errors that ask the client to come back after `retry_after` seconds."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class QueueFull(Overloaded):
     """The model's queue holds as many jobs as the deployment allows; retry later."""
+
+
+class RateLimited(Overloaded):
+    """The tenant submits faster than its rate limit."""

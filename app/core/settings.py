@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_init_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_init_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_queue_length: int = Field(1000, ge=1, description="jobs waiting per model; 503 beyond")
+    rate_limit: float | None = Field(None, gt=0, description="submits/s per tenant; 429 beyond")
+    rate_burst: int = Field(20, ge=1, description="submits a tenant may make at once")
 
     # Job lifetime
     job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")

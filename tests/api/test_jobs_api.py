@@ -160,9 +160,12 @@ def test_a_full_queue_answers_503_with_retry_after(settings: Settings, redis: Re
     with TestClient(create_app(settings.model_copy(update={"max_queue_length": 2}))) as client:
         for _ in range(2):
             assert client.post("/v1/jobs", json={"prompt": "a"}).status_code == 202
+        # Workers finished 60 jobs in the last minute: a place frees up in about a second.
+        for i in range(60):
+            client.app.state.services.service_rate.record("tiny-sd", f"done-{i}")
         response = client.post("/v1/jobs", json={"prompt": "a"})
         assert_problem(response, 503)
-        assert int(response.headers["retry-after"]) > 0
+        assert response.headers["retry-after"] == "1"
         assert client.get("/v1/models").json()["models"][0]["queue_length"] == 2
 
 
@@ -177,3 +180,14 @@ def test_any_replica_cancels_any_job_whatever_it_serves(
         assert replica.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 0
         response = replica.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "canceled"
+
+
+def test_a_tenant_over_its_rate_gets_429_with_retry_after(settings: Settings, redis: Redis) -> None:
+    limited = settings.model_copy(update={"rate_limit": 0.5, "rate_burst": 2})
+    with TestClient(create_app(limited)) as client:
+        for _ in range(2):
+            assert client.post("/v1/jobs", json={"prompt": "a"}).status_code == 202
+        response = client.post("/v1/jobs", json={"prompt": "a"})
+        body = assert_problem(response, 429)
+        assert response.headers["retry-after"] == "2" and "submits/s" in body["detail"]
+        assert client.get("/v1/models").status_code == 200  # polling is not limited

@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
 from app.core.jobs import JobParams, JobStatus, new_job_id
+from app.core.limits import ServiceRate
 from app.core.queue import JobQueue, rq_queue
 from app.core.storage import LocalStorage, ObjectNotFound, image_key, init_image_key
 from app.core.store import JobStore
@@ -54,9 +55,11 @@ def test_success_stores_every_image_and_records_it(
     storage = LocalStorage(tmp_path)
     params = make_params(num_images=2, seed=10, output_format="jpeg")
     job_id = submitted(queue, params)
-    Runner(resident, queue.store, storage, name="worker-1").run(job_id, params)
+    rate = ServiceRate(queue.redis)
+    Runner(resident, queue.store, storage, name="worker-1", service_rate=rate).run(job_id, params)
     job = queue.store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED and job.worker == "worker-1"
+    assert rate.per_second("tiny-sd") > 0  # counted for the API's Retry-After
     assert (job.progress.step, job.progress.total_steps) == (4, 4)
     assert [(i.seed, i.content_type, i.url) for i in job.images] == [
         (10, "image/jpeg", f"/v1/jobs/{job_id}/images/0"),

@@ -1,6 +1,7 @@
 """The /v1/jobs resource: submit, poll, cancel, fetch images."""
 
 import hashlib
+import math
 import re
 from typing import Annotated
 
@@ -9,7 +10,7 @@ from fastapi.responses import RedirectResponse
 
 from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.errors import PROBLEM_RESPONSE
-from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull
+from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull, RateLimited
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, new_job_id
 from app.core.queue import Idempotency
@@ -46,12 +47,7 @@ def _replay(services: Services, job_id: str, tenant: str, response: Response) ->
     "",
     status_code=202,
     response_model=Job,
-    responses={
-        401: PROBLEM_RESPONSE,
-        413: PROBLEM_RESPONSE,
-        422: PROBLEM_RESPONSE,
-        503: PROBLEM_RESPONSE,
-    },
+    responses={code: PROBLEM_RESPONSE for code in (401, 413, 415, 422, 429, 503)},
 )
 def submit_job(
     body: JobCreate,
@@ -70,6 +66,10 @@ def submit_job(
         idempotency = Idempotency(idempotency_key, fingerprint)
         if earlier := services.queue.find(tenant, idempotency):
             return _replay(services, earlier, tenant, response)
+    if services.rate_limiter and (wait := services.rate_limiter.acquire(tenant)) is not None:
+        raise RateLimited(
+            f"more than {settings.rate_limit:g} submits/s; retry later", math.ceil(wait)
+        )
     spec = select_model(body.model, services.models, services.default_model)
     init_image = None
     if body.init_image is not None:
@@ -77,8 +77,10 @@ def submit_job(
             body.init_image, settings.max_init_image_bytes, settings.max_init_image_pixels
         )
     params = resolve_request(body, spec, settings, init_image.size if init_image else None)
-    if services.queue.depth(spec.name) >= settings.max_queue_length:
-        raise QueueFull(f"{spec.name} has {settings.max_queue_length} jobs waiting; retry later")
+    if (depth := services.queue.depth(spec.name)) >= settings.max_queue_length:
+        # Come back when the queue has drained below the cap at the rate it drains now.
+        wait = services.service_rate.retry_after(spec.name, depth - settings.max_queue_length + 1)
+        raise QueueFull(f"{spec.name} has {depth} jobs waiting; retry later", wait)
     job_id = new_job_id()
     if init_image is not None:
         # Workers read a normalised PNG from storage; the queue payload stays small.

@@ -1,0 +1,76 @@
+"""Backpressure: a per-tenant rate limit and the observed service rate that sizes Retry-After."""
+
+import math
+
+from redis import Redis
+
+# A token bucket per tenant: refills at `rate` per second up to `burst`; one token a submit.
+# Returns {allowed (1/0), seconds until a token is there, as a string}.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {allowed, tostring(math.max(0, (1 - tokens) / rate))}
+"""
+
+WINDOW_S = 60  # the service rate is measured over the last minute
+
+
+class RateLimiter:
+    """Submits per second per tenant, with bursts; shared by every API replica through Redis."""
+
+    def __init__(self, redis: Redis, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._take = redis.register_script(_TAKE)
+
+    def acquire(self, tenant: str) -> float | None:
+        """None if the tenant may submit now, else the seconds until it may."""
+        allowed, wait = self._take(keys=[f"ldm:rate:{tenant}"], args=[self.rate, self.burst])
+        return None if allowed else float(wait)
+
+
+class ServiceRate:
+    """Jobs each model finished in the last minute: how fast its queue drains."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    @staticmethod
+    def _key(model: str) -> str:
+        return f"ldm:finished:{model}"
+
+    def record(self, model: str, job_id: str) -> None:
+        """Count a finished job (any terminal state that took a worker's time)."""
+        now = self._now()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self._key(model), {job_id: now})
+        pipe.zremrangebyscore(self._key(model), "-inf", now - WINDOW_S)
+        pipe.expire(self._key(model), WINDOW_S * 2)
+        pipe.execute()
+
+    def per_second(self, model: str) -> float:
+        """Finished jobs per second over the last minute."""
+        return self.redis.zcount(self._key(model), self._now() - WINDOW_S, "+inf") / WINDOW_S
+
+    def retry_after(self, model: str, excess: int, floor: int = 1, ceiling: int = 600) -> int:
+        """Seconds until `excess` more jobs have drained at the observed rate (bounded)."""
+        rate = self.per_second(model)
+        if rate <= 0:
+            return ceiling if excess > 0 else floor
+        return max(floor, min(ceiling, math.ceil(excess / rate)))
+
+    def _now(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
