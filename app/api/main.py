@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = build_services(settings or get_settings())
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = app.state.services
         if services.api_keys.open:
             log.warning(
                 "LDM_API_KEYS is not set: the API is OPEN, anyone who reaches it can submit "

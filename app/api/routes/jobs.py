@@ -47,7 +47,7 @@ def _replay(services: Services, job_id: str, tenant: str, response: Response) ->
     "",
     status_code=202,
     response_model=Job,
-    responses={code: PROBLEM_RESPONSE for code in (401, 413, 415, 422, 429, 503)},
+    responses={code: PROBLEM_RESPONSE for code in (400, 401, 413, 415, 422, 429, 503)},
 )
 def submit_job(
     body: JobCreate,
@@ -99,7 +99,7 @@ def submit_job(
 
 
 @router.get(
-    "/{job_id}", response_model=Job, responses={401: PROBLEM_RESPONSE, 404: PROBLEM_RESPONSE}
+    "/{job_id}", response_model=Job, responses={code: PROBLEM_RESPONSE for code in (401, 404)}
 )
 def get_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     """Poll a job: its state, progress, queue position and, once done, its images."""
@@ -110,7 +110,7 @@ def get_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     "/{job_id}/cancel",
     status_code=202,
     response_model=Job,
-    responses={401: PROBLEM_RESPONSE, 404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE},
+    responses={code: PROBLEM_RESPONSE for code in (401, 404, 409)},
 )
 def cancel_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     """Cancel a job: a queued one at once, a running one at its next denoising step."""
@@ -133,6 +133,7 @@ def cancel_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
         307: {"description": "Redirect to an expiring, signed object-storage URL"},
         401: PROBLEM_RESPONSE,
         404: PROBLEM_RESPONSE,
+        422: PROBLEM_RESPONSE,
     },
 )
 def get_image(job_id: JobId, index: int, services: ServicesDep, tenant: TenantDep) -> Response:
