@@ -57,7 +57,7 @@ class Runner:
         try:
             self._generate_and_store(job_id, params)
         except JobCanceled:
-            self.store.mark_canceled(job_id)
+            self.store.mark_canceled(job_id, self.name)
             log.info("job %s canceled", job_id)
         except JobTimeoutException:
             # The limit travels with the queued job (set by the API that accepted it).
@@ -98,7 +98,7 @@ class Runner:
     def _fail(self, job_id: str, code: str, message: str) -> None:
         log.warning("job %s failed: %s", job_id, code)
         try:
-            self.store.fail(job_id, JobError(code=code, message=message))
+            self.store.fail(job_id, JobError(code=code, message=message), self.name)
         except RedisError:
             # RQ's failure callback tries again once the exception reaches it.
             log.exception("could not record the failure of job %s", job_id)
@@ -128,4 +128,4 @@ class Runner:
                     content_type=content_type,
                 )
             )
-        self.store.succeed(job_id, infos)
+        self.store.succeed(job_id, infos, self.name)

@@ -40,8 +40,11 @@ def on_failure(
     It runs for jobs whose worker died mid-job (RQ finds them abandoned) and for payloads
     that never reached the runner; a job the runner already ended stays as it is.
     """
+    store = JobStore(connection, get_settings().result_ttl)
+    job_id = job.args[0]  # the RQ job of a retry has an id of its own
     if issubclass(exc_type, AbandonedJobError):
+        # Only while that worker still owns the job: it may be running again elsewhere.
         error = JobError(code="worker_lost", message="the worker stopped during the job")
+        store.fail(job_id, error, job.worker_name or "")
     else:
-        error = JobError(code="internal", message="the worker failed to run the job")
-    JobStore(connection, get_settings().result_ttl).fail(job.id, error)
+        store.fail(job_id, JobError(code="internal", message="the worker failed to run the job"))

@@ -19,6 +19,7 @@ from app.core.expiry import sweep_expired
 from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import model_spec
 from app.core.queue import JobQueue
+from app.core.recovery import recover_lost_jobs
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
@@ -54,13 +55,19 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-async def sweep_forever(services: Services) -> None:
-    """Delete expired jobs' files every `sweep_interval` seconds, whatever goes wrong once."""
+def housekeeping(services: Services) -> None:
+    """One round: expired jobs' files go, jobs whose worker died run again."""
+    sweep_expired(services.store, services.storage)
+    recover_lost_jobs(services.queue, services.workers, services.settings.max_attempts)
+
+
+async def housekeeping_forever(services: Services) -> None:
+    """`housekeeping` every `sweep_interval` seconds, whatever goes wrong once."""
     while True:
         try:
-            await asyncio.to_thread(sweep_expired, services.store, services.storage)
+            await asyncio.to_thread(housekeeping, services)
         except Exception:
-            log.exception("expiry sweep failed; retrying in %s s", services.settings.sweep_interval)
+            log.exception("housekeeping failed; retrying in %s s", services.settings.sweep_interval)
         await asyncio.sleep(services.settings.sweep_interval)
 
 
@@ -76,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "LDM_API_KEYS is not set: the API is OPEN, anyone who reaches it can submit "
                 "jobs and read every job. Set tenant:key pairs before exposing it."
             )
-        sweeper = asyncio.create_task(sweep_forever(services))
+        sweeper = asyncio.create_task(housekeeping_forever(services))
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -111,7 +111,8 @@ class Job(BaseModel):
     queue_position: int | None = None
     progress: Progress | None = None
     cancel_requested: bool = False
-    worker: str | None = Field(None, description="The worker that ran the job, once running.")
+    worker: str | None = Field(None, description="The worker running (or that ran) the job.")
+    attempt: int = Field(1, description="Which run this is: a job whose worker died runs again.")
     request: JobParams
     images: list[ImageInfo] = []
     error: JobError | None = None
@@ -125,6 +126,11 @@ def new_job_id() -> str:
     """A ULID-style id: sortable by creation time, 80 random bits, safe in URLs and keys."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     return "j_" + "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    """The queue's id for one attempt of a job (each retry is a fresh RQ job)."""
+    return job_id if attempt == 1 else f"{job_id}-{attempt}"
 
 
 def image_url(job_id: str, index: int) -> str:

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     # Job lifetime
     job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job is kept")
-    sweep_interval: float = Field(60, gt=0, description="seconds between expiry sweeps (API)")
+    sweep_interval: float = Field(
+        10, gt=0, description="seconds between the API's expiry sweeps and lost-job checks"
+    )
+    max_attempts: int = Field(3, ge=1, description="runs of a job whose worker keeps dying")
 
     api_keys: SecretStr | None = Field(
         None, description="comma-separated tenant:key pairs; unset means an open service"

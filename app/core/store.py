@@ -9,13 +9,21 @@ from redis.client import Pipeline
 from app.core.jobs import ImageInfo, Job, JobError, JobParams, JobStatus, Progress
 
 # Moves a job from one of the allowed states to a new one, atomically, so that a cancel and
-# a worker picking the job up can never both win; a terminal state starts the result TTL of
-# the record and books its files for the expiry sweep. Returns {1, old} or {0, current or ''}.
+# a worker picking the job up can never both win; with a worker named, only while that worker
+# owns the job (a worker given up for dead cannot end a job that runs again elsewhere).
+# Running jobs are indexed for the lost-job check; a terminal state starts the record's TTL
+# and books its files for the expiry sweep. Returns {1, old} or {0, current or ''}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5))
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[5] then return {0, cur} end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
+if ARGV[2] == 'running' then
+  redis.call('ZADD', KEYS[3], tonumber(redis.call('TIME')[1]), ARGV[4])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+end
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('ZADD', KEYS[2], tonumber(redis.call('TIME')[1]) + ARGV[3], ARGV[4])
@@ -32,7 +40,7 @@ if cur == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[4], tonumber(redis.call('TIME')[1]) + ARGV[2], ARGV[3])
-  redis.call('LREM', KEYS[2], 0, ARGV[3])
+  redis.call('LREM', KEYS[2], 0, ARGV[4])
   redis.call('DEL', KEYS[3])
 elseif cur == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -43,6 +51,8 @@ return cur
 
 # Job ids by the time their record expires, so that their files can be deleted then too.
 EXPIRY_KEY = "ldm:expiry"
+# Ids of running jobs, checked for workers that died under them.
+RUNNING_KEY = "ldm:running"
 
 
 def _now() -> str:
@@ -95,19 +105,26 @@ class JobStore:
             progress=progress,
             cancel_requested=fields.get("cancel") == "1",
             worker=fields.get("worker") or None,
+            attempt=int(fields.get("attempt", 1)),
             request=JobParams.model_validate_json(fields["request"]),
             images=json.loads(fields.get("images", "[]")),
             error=json.loads(fields["error"]) if "error" in fields else None,
         )
 
     def _transition(
-        self, job_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
+        self,
+        job_id: str,
+        allowed: tuple[JobStatus, ...],
+        to: JobStatus,
+        owner: str = "",
+        **fields: str,
     ) -> bool:
         ttl = self.result_ttl if to.is_terminal() else 0
-        args = [",".join(s.value for s in allowed), to.value, ttl, job_id]
+        args = [",".join(s.value for s in allowed), to.value, ttl, job_id, owner]
         for name, value in fields.items():
             args += [name, value]
-        moved, _ = self._transition_script(keys=[self.key(job_id), EXPIRY_KEY], args=args)
+        keys = [self.key(job_id), EXPIRY_KEY, RUNNING_KEY]
+        moved, _ = self._transition_script(keys=keys, args=args)
         return bool(moved)
 
     def start(self, job_id: str, total_steps: int, worker: str = "") -> bool:
@@ -130,28 +147,38 @@ class JobStore:
         _, cancel = pipe.execute()
         return cancel == b"1"
 
-    def succeed(self, job_id: str, images: list[ImageInfo]) -> bool:
-        """running → succeeded, with its images."""
+    def succeed(self, job_id: str, images: list[ImageInfo], worker: str = "") -> bool:
+        """running → succeeded, with its images (only while `worker`, if named, owns it)."""
         payload = json.dumps([image.model_dump() for image in images])
-        return self._transition(
-            job_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, finished_at=_now(), images=payload
-        )
-
-    def fail(self, job_id: str, error: JobError) -> bool:
-        """running → failed, with a short code and message."""
         return self._transition(
             job_id,
             (JobStatus.RUNNING,),
+            JobStatus.SUCCEEDED,
+            worker,
+            finished_at=_now(),
+            images=payload,
+        )
+
+    def fail(self, job_id: str, error: JobError, worker: str = "") -> bool:
+        """queued or running → failed, with a short code and message (see `succeed`)."""
+        return self._transition(
+            job_id,
+            (JobStatus.QUEUED, JobStatus.RUNNING),
             JobStatus.FAILED,
+            worker,
             finished_at=_now(),
             error=error.model_dump_json(),
         )
 
-    def mark_canceled(self, job_id: str) -> bool:
+    def mark_canceled(self, job_id: str, worker: str = "") -> bool:
         """running → canceled, once the worker has stopped at a step boundary."""
         return self._transition(
-            job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, finished_at=_now()
+            job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, worker, finished_at=_now()
         )
+
+    def running(self) -> list[str]:
+        """Ids of the jobs running now, on whatever worker."""
+        return [raw.decode() for raw in self.redis.zrange(RUNNING_KEY, 0, -1)]
 
     def expired(self, now: float, limit: int = 100) -> list[str]:
         """Ids of jobs whose records have expired, oldest first, whose files are still booked."""
@@ -170,10 +197,10 @@ class JobStore:
         """Unbook a job once its files are gone."""
         self.redis.zrem(EXPIRY_KEY, job_id)
 
-    def cancel(self, job_id: str, queue_key: str, rq_job_key: str) -> JobStatus | None:
+    def cancel(self, job_id: str, queue_key: str, rq_job_key: str, rq_id: str) -> JobStatus | None:
         """Cancel a queued job now or flag a running one; the state it was in, None if unknown."""
         before = self._cancel_script(
             keys=[self.key(job_id), queue_key, rq_job_key, EXPIRY_KEY],
-            args=[_now(), self.result_ttl, job_id],
+            args=[_now(), self.result_ttl, job_id, rq_id],
         )
         return JobStatus(before.decode()) if before else None

@@ -34,6 +34,11 @@ class WorkerRegistry:
         """A worker stopping cleanly leaves at once."""
         self.redis.zrem(_key(model), worker)
 
+    def is_live(self, model: str, worker: str) -> bool:
+        """Whether `worker` beat for `model` within the last `GONE_AFTER_S` seconds."""
+        last = self.redis.zscore(_key(model), worker)
+        return last is not None and last > self._now() - GONE_AFTER_S
+
     def live(self, model: str, now: float | None = None) -> int:
         """How many workers serving `model` beat within the last `GONE_AFTER_S` seconds."""
         now = self._now() if now is None else now

@@ -31,7 +31,7 @@ def _load(services: Services, job_id: str, tenant: str) -> Job:
     if job is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if job.status is JobStatus.QUEUED:
-        position = services.queue.position(job_id, job.model)
+        position = services.queue.position(job_id, job.model, job.attempt)
         # Popped by a worker but not yet started: it is next, not gone.
         job.queue_position = 0 if position is None else position
     return job
@@ -117,7 +117,7 @@ def cancel_job(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> Job:
     job = _load(services, job_id, tenant)
     if job.status.is_terminal():
         raise JobConflict(f"job {job_id} is already {job.status.value}")
-    before = services.queue.cancel(job_id, job.model)
+    before = services.queue.cancel(job_id, job.model, job.attempt)
     if before is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if before.is_terminal():
