@@ -38,8 +38,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc=None) 
         time.sleep(0.05)
 
 
-def start_redis(port: int, workdir: Path, own_session: bool = False) -> subprocess.Popen:
-    """A throw-away redis-server on loopback (no persistence), ready when this returns."""
+def start_redis(
+    port: int, workdir: Path, own_session: bool = False, durable: bool = False
+) -> subprocess.Popen:
+    """A redis-server on loopback, ready when this returns; `durable` keeps an append-only
+    file in `workdir` (as production does), else nothing is persisted."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server not found: apt-get install -y redis-server")
@@ -54,7 +57,7 @@ def start_redis(port: int, workdir: Path, own_session: bool = False) -> subproce
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if durable else "no",
             "--dir",
             str(workdir),
         ],

@@ -45,9 +45,18 @@ class LocalStack:
         self.balancer: httpx.Client | None = None
 
     def __enter__(self) -> "LocalStack":
-        self.redis_proc = start_redis(self.redis_port, self.workdir / "redis")
-        self.redis = Redis.from_url(self.env["LDM_REDIS_URL"])
+        self.start_redis()
         return self
+
+    def start_redis(self) -> None:
+        """(Re)start Redis on the stack's port, with an append-only file as in production."""
+        self.redis_proc = start_redis(self.redis_port, self.workdir / "redis", durable=True)
+        self.redis = Redis.from_url(self.env["LDM_REDIS_URL"])
+
+    def stop_redis(self) -> None:
+        """Stop Redis (it writes its append-only file on the way out)."""
+        self.redis.close()
+        stop(self.redis_proc)
 
     def __exit__(self, *exc: object) -> None:
         for proc in self.workers:
