@@ -25,9 +25,6 @@ log = logging.getLogger("worker")
 def main() -> None:
     """Run one worker in the foreground until SIGTERM/SIGINT (it finishes the current job)."""
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     spec = model_spec(settings)
     started = time.perf_counter()
     pipeline = ResidentPipeline.load(settings)

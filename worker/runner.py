@@ -13,6 +13,7 @@ from rq.timeouts import JobTimeoutException
 from app.core.images import encode_image
 from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
 from app.core.limits import ServiceRate
+from app.core.logs import bind, unbind
 from app.core.storage import Storage, image_key, init_image_key
 from app.core.store import JobStore
 from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
@@ -50,6 +51,13 @@ class Runner:
 
     def run(self, job_id: str, params: JobParams) -> None:
         """Run the job unless it was canceled first; re-raise failures so RQ records them too."""
+        token = bind(job_id=job_id)
+        try:
+            self._run(job_id, params)
+        finally:
+            unbind(token)
+
+    def _run(self, job_id: str, params: JobParams) -> None:
         if not self.store.start(job_id, params.denoising_steps, self.name):
             log.info("job %s was canceled or expired before it started", job_id)
             return

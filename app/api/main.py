@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis import Redis
 
+from app.api.context import RequestContext
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit, JsonBodies
@@ -104,4 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestContext)
     return app

@@ -108,6 +108,8 @@ class JobQueue:
             TASK,
             args=[job_id, params.model_dump(mode="json")],
             job_id=rq_job_id(job_id, attempt),
+            # RQ logs the description of every job it runs: the id only, never the prompt.
+            description=f"job {job_id}",
             timeout=self.job_timeout,
             # The job store keeps results; RQ need not keep its copy of a finished job.
             result_ttl=0,

@@ -137,3 +137,14 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "images",
         "error",
     } <= set(job)
+
+
+def test_every_response_carries_a_request_id(client: TestClient) -> None:
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    for hostile in ("x" * 65, "a b", "id\\u2028", ""):
+        given = client.get("/healthz", headers={"X-Request-ID": hostile}).headers["x-request-id"]
+        assert given != hostile and len(given) == 32  # a fresh id instead
+    assert len(client.get("/v1/jobs/nope").headers["x-request-id"]) == 32  # errors too

@@ -13,6 +13,7 @@ from app.api.errors import PROBLEM_RESPONSE
 from app.core.errors import ImageNotFound, JobConflict, JobNotFound, QueueFull, RateLimited
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, new_job_id
+from app.core.logs import annotate
 from app.core.queue import Idempotency
 from app.core.resolve import resolve_request, select_model
 from app.core.storage import ObjectNotFound, image_key, init_image_key
@@ -27,6 +28,8 @@ def _load(services: Services, job_id: str, tenant: str) -> Job:
     """The tenant's job with its live queue position; `JobNotFound` for unknown or malformed
     ids and for other tenants' jobs alike (404, never 403: ids of others do not leak)."""
     valid = re.fullmatch(JOB_ID_PATTERN, job_id)
+    if valid:
+        annotate(job_id=job_id)
     job = services.store.get(job_id, tenant) if valid else None
     if job is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
@@ -82,6 +85,7 @@ def submit_job(
         wait = services.service_rate.retry_after(spec.name, depth - settings.max_queue_length + 1)
         raise QueueFull(f"{spec.name} has {depth} jobs waiting; retry later", wait)
     job_id = new_job_id()
+    annotate(job_id=job_id)
     if init_image is not None:
         # Workers read a normalised PNG from storage; the queue payload stays small.
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
