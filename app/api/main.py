@@ -59,7 +59,9 @@ def build_services(settings: Settings) -> Services:
 def housekeeping(services: Services) -> None:
     """One round: expired jobs' files go, jobs whose worker died run again."""
     sweep_expired(services.store, services.storage)
-    recover_lost_jobs(services.queue, services.workers, services.settings.max_attempts)
+    recover_lost_jobs(
+        services.queue, services.workers, list(services.models), services.settings.max_attempts
+    )
 
 
 async def housekeeping_forever(services: Services) -> None:

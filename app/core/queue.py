@@ -7,14 +7,13 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq import Callback, Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from app.core.errors import FieldError, InvalidRequest
-from app.core.jobs import JobError, JobParams, JobStatus, rq_job_id
+from app.core.jobs import JobParams, JobStatus, rq_job_id
 from app.core.models import queue_name
-from app.core.store import RUNNING_KEY, JobStore
+from app.core.store import JobStore
 
 # Workers import these by name; the API never imports worker code.
 TASK = "worker.tasks.run_job"
@@ -85,7 +84,7 @@ class JobQueue:
                         earlier = idempotency.earlier_job(pipe.get(idempotency.redis_key(tenant)))
                         if earlier is not None:
                             return earlier
-                    self._enqueue(job_id, params, pipe)
+                    self.enqueue_attempt(job_id, params, pipe)
                     self.store.create(job_id, params, tenant, pipe)
                     if idempotency is not None:
                         pipe.set(
@@ -102,7 +101,10 @@ class JobQueue:
         """The job an idempotency key already names, if any (raises on a different body)."""
         return idempotency.earlier_job(self.redis.get(idempotency.redis_key(tenant)))
 
-    def _enqueue(self, job_id: str, params: JobParams, pipe: Pipeline, attempt: int = 1) -> None:
+    def enqueue_attempt(
+        self, job_id: str, params: JobParams, pipe: Pipeline, attempt: int = 1
+    ) -> None:
+        """Queue one attempt of a job as its own RQ job (within the caller's transaction)."""
         # RQ calls MULTI itself, so it goes first; EXEC makes all the writes one step.
         rq_queue(self.redis, params.model).enqueue_call(
             TASK,
@@ -118,49 +120,6 @@ class JobQueue:
             on_failure=Callback(ON_FAILURE),
             pipeline=pipe,
         )
-
-    def retry(self, job_id: str, params: JobParams, lost_worker: str, max_attempts: int) -> str:
-        """Give a job whose worker died another run, or fail it after `max_attempts`.
-
-        Returns what happened: "requeued", "failed", "canceled" (a cancel was pending), or
-        "skipped" (the job moved on meanwhile: it finished, or is no longer on that worker).
-        """
-        key = self.store.key(job_id)
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                status, worker, attempt, cancel = pipe.hmget(
-                    key, "status", "worker", "attempt", "cancel"
-                )
-                if status != b"running" or (worker or b"").decode() != lost_worker:
-                    return "skipped"
-                attempt = int(attempt or 1)
-                if cancel == b"1" or attempt >= max_attempts:
-                    pipe.unwatch()
-                    if cancel == b"1":
-                        self.store.mark_canceled(job_id, lost_worker)
-                        return "canceled"
-                    message = f"the worker running it stopped, {attempt} times; submit again"
-                    error = JobError(code="worker_lost", message=message)
-                    self.store.fail(job_id, error, lost_worker)
-                    return "failed"
-                # One step: a fresh RQ job for the next attempt, the record back to queued,
-                # and the dead worker's RQ job gone (so RQ never reports it abandoned later).
-                old = RQJob.fetch(
-                    rq_job_id(job_id, attempt), connection=self.redis, serializer=JSONSerializer
-                )
-                self._enqueue(job_id, params, pipe, attempt + 1)
-                pipe.hset(
-                    key,
-                    mapping={"status": "queued", "attempt": attempt + 1, "worker": "", "step": 0},
-                )
-                pipe.hdel(key, "started_at", "total_steps")
-                pipe.zrem(RUNNING_KEY, job_id)
-                old.delete(pipeline=pipe, remove_from_queue=False)
-                pipe.execute()
-                return "requeued"
-            except (WatchError, NoSuchJobError):
-                return "skipped"  # it changed under us; the next check sees it as it is now
 
     def position(self, job_id: str, model: str, attempt: int = 1) -> int | None:
         """0-based place among the jobs waiting for this model; None if not waiting."""

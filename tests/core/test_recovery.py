@@ -9,9 +9,9 @@ from rq.serializers import JSONSerializer
 
 from app.core.jobs import JobStatus, new_job_id, rq_job_id
 from app.core.queue import JobQueue, rq_queue
-from app.core.recovery import recover_lost_jobs
+from app.core.recovery import recover_lost_jobs, rescue_unstarted
 from app.core.store import JobStore
-from app.core.workers import WorkerRegistry
+from app.core.workers import GONE_AFTER_S, WorkerRegistry
 from tests.factories import make_params
 
 MODEL = "tiny-sd"
@@ -39,7 +39,7 @@ def taken_by_a_worker_that_dies(queue: JobQueue, worker: str = "w-dead") -> str:
 def test_a_lost_job_is_queued_again_as_a_fresh_attempt(queue: JobQueue, redis: Redis) -> None:
     job_id = taken_by_a_worker_that_dies(queue)
     workers = WorkerRegistry(redis)
-    assert recover_lost_jobs(queue, workers, max_attempts=3) == 1
+    assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 1
     job = queue.store.get(job_id)
     assert (job.status, job.attempt, job.worker, job.progress) == (JobStatus.QUEUED, 2, None, None)
     assert queue.position(job_id, MODEL, job.attempt) == 0
@@ -51,7 +51,7 @@ def test_a_lost_job_is_queued_again_as_a_fresh_attempt(queue: JobQueue, redis: R
     # A live worker runs attempt 2; the dead one, should it come back, can no longer end it.
     workers.beat(MODEL, "w-live")
     assert queue.store.start(job_id, 4, "w-live")
-    assert recover_lost_jobs(queue, workers, max_attempts=3) == 0  # w-live is beating
+    assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 0  # w-live is beating
     assert not queue.store.succeed(job_id, [], worker="w-dead")
     assert queue.store.succeed(job_id, [], worker="w-live")
     assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
@@ -59,7 +59,7 @@ def test_a_lost_job_is_queued_again_as_a_fresh_attempt(queue: JobQueue, redis: R
 
 def test_after_the_last_attempt_it_fails_as_worker_lost(queue: JobQueue, redis: Redis) -> None:
     job_id = taken_by_a_worker_that_dies(queue)
-    assert recover_lost_jobs(queue, WorkerRegistry(redis), max_attempts=1) == 1
+    assert recover_lost_jobs(queue, WorkerRegistry(redis), [MODEL], max_attempts=1) == 1
     job = queue.store.get(job_id)
     assert job.status is JobStatus.FAILED and job.error.code == "worker_lost"
     assert queue.store.running() == []
@@ -68,14 +68,31 @@ def test_after_the_last_attempt_it_fails_as_worker_lost(queue: JobQueue, redis: 
 def test_a_pending_cancel_wins_over_a_retry(queue: JobQueue, redis: Redis) -> None:
     job_id = taken_by_a_worker_that_dies(queue)
     queue.cancel(job_id, MODEL)
-    recover_lost_jobs(queue, WorkerRegistry(redis), max_attempts=3)
+    recover_lost_jobs(queue, WorkerRegistry(redis), [MODEL], max_attempts=3)
     assert queue.store.get(job_id).status is JobStatus.CANCELED
 
 
 def test_jobs_of_live_workers_are_left_alone(queue: JobQueue, redis: Redis) -> None:
     job_id = taken_by_a_worker_that_dies(queue, worker="w-busy")
     WorkerRegistry(redis).beat(MODEL, "w-busy")
-    assert recover_lost_jobs(queue, WorkerRegistry(redis), max_attempts=3) == 0
+    assert recover_lost_jobs(queue, WorkerRegistry(redis), [MODEL], max_attempts=3) == 0
     assert queue.store.get(job_id).status is JobStatus.RUNNING
     queue.store.succeed(job_id, [], worker="w-busy")
     assert queue.store.running() == []
+
+
+def test_a_job_taken_but_never_started_is_queued_again(queue: JobQueue, redis: Redis) -> None:
+    job_id = new_job_id()
+    queue.submit(job_id, make_params(), "t1")
+    rq = rq_queue(redis, MODEL)
+    # A worker moves it off the queue (as RQ does) and dies before starting it.
+    redis.lmove(rq.key, rq.intermediate_queue_key)
+    assert queue.position(job_id, MODEL) is None
+    assert rescue_unstarted(queue, MODEL) == 0  # first sight: a live worker may be starting it
+    assert queue.store.get(job_id).attempt == 1
+    redis.set(f"ldm:stranded:{job_id}", queue.store.now() - GONE_AFTER_S - 1)  # time passes
+    assert rescue_unstarted(queue, MODEL) == 1
+    job = queue.store.get(job_id)
+    assert (job.status, job.attempt) == (JobStatus.QUEUED, 2)
+    assert queue.position(job_id, MODEL, 2) == 0
+    assert redis.llen(rq.intermediate_queue_key) == 0 and rq.fetch_job(job_id) is None
