@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from rq import Worker
 from rq.defaults import DEFAULT_WORKER_TTL
 
+from app.core.redis_client import connect
 from app.core.settings import get_settings
 
 # Redis-side expiry the worker refreshes on every heartbeat is TTL + 60 s.
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         help="oldest heartbeat that is still healthy, in seconds (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    redis = connect(settings, socket_connect_timeout=5, socket_timeout=5)
     try:
         problem = check(redis, socket.gethostname(), args.max_age)
     except RedisError as exc:

@@ -3,13 +3,13 @@
 import logging
 import time
 
-from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app.core.limits import ServiceRate
 from app.core.models import model_spec
 from app.core.queue import rq_queue
+from app.core.redis_client import connect
 from app.core.settings import get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
@@ -31,7 +31,7 @@ def main() -> None:
     pipeline.warm_up(spec, settings)
     log.info("pipeline ready in %.1f s on %s", time.perf_counter() - started, pipeline.device)
 
-    redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+    redis = connect(settings, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
     storage = open_storage(settings)
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and

@@ -3,6 +3,8 @@
 import gc
 import io
 import logging
+import time
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -19,6 +21,10 @@ from app.core.store import JobStore
 from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
 
 log = logging.getLogger(__name__)
+
+
+# How long a finished job waits for Redis to come back (a failover takes seconds).
+REDIS_GRACE_S = 60.0
 
 
 class JobCanceled(Exception):
@@ -65,7 +71,7 @@ class Runner:
         try:
             self._generate_and_store(job_id, params)
         except JobCanceled:
-            self.store.mark_canceled(job_id, self.name)
+            self._durably(self.store.mark_canceled, job_id, self.name)
             log.info("job %s canceled", job_id)
         except JobTimeoutException:
             # The limit travels with the queued job (set by the API that accepted it).
@@ -106,14 +112,35 @@ class Runner:
     def _fail(self, job_id: str, code: str, message: str) -> None:
         log.warning("job %s failed: %s", job_id, code)
         try:
-            self.store.fail(job_id, JobError(code=code, message=message), self.name)
+            self._durably(self.store.fail, job_id, JobError(code=code, message=message), self.name)
         except RedisError:
             # RQ's failure callback tries again once the exception reaches it.
             log.exception("could not record the failure of job %s", job_id)
 
     def _on_step(self, job_id: str, step: int) -> None:
-        if self.store.report_progress(job_id, step):
+        try:
+            canceled = self.store.report_progress(job_id, step)
+        except RedisError:
+            # Redis is away (a restart, a failover): denoise on; progress resumes after it.
+            log.warning("progress of job %s not recorded at step %s", job_id, step)
+            return
+        if canceled:
             raise JobCanceled(job_id)
+
+    def _durably(self, write: Callable[..., bool], *args: object) -> bool:
+        """A terminal write, retried while Redis is away (up to `REDIS_GRACE_S`): the images
+        exist, only the record must still say so."""
+        deadline = time.monotonic() + REDIS_GRACE_S
+        delay = 0.1
+        while True:
+            try:
+                return write(*args)
+            except RedisError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Redis away; retrying in %.1f s", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _generate_and_store(self, job_id: str, params: JobParams) -> None:
         init_image = None
@@ -136,4 +163,4 @@ class Runner:
                     content_type=content_type,
                 )
             )
-        self.store.succeed(job_id, infos, self.name)
+        self._durably(self.store.succeed, job_id, infos, self.name)

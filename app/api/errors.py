@@ -17,6 +17,7 @@ from app.core.errors import (
     InvalidRequest,
     JobConflict,
     JobNotFound,
+    NotDurable,
     Overloaded,
     QueueFull,
     RateLimited,
@@ -33,6 +34,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     JobConflict: 409,
     InvalidRequest: 422,
     QueueFull: 503,
+    NotDurable: 503,
     RateLimited: 429,
     Unauthorized: 401,
 }

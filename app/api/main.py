@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis import Redis
 
 from app.api.context import RequestContext
 from app.api.deps import Services
@@ -21,6 +20,7 @@ from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.recovery import recover_lost_jobs
+from app.core.redis_client import connect
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
@@ -32,15 +32,16 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings) -> Services:
     """Connect to Redis and storage; nothing is contacted until the first request."""
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-    )
+    redis = connect(settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
     return Services(
         settings=settings,
         redis=redis,
         store=store,
-        queue=JobQueue(redis, store, settings.job_timeout),
+        # Behind Sentinel, a job counts as accepted once a replica has it too.
+        queue=JobQueue(
+            redis, store, settings.job_timeout, replicas=int(bool(settings.redis_sentinels))
+        ),
         storage=open_storage(settings),
         models={name: model_spec(settings, name) for name in settings.models},
         default_model=settings.model,

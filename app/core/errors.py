@@ -55,5 +55,9 @@ class QueueFull(Overloaded):
     """The model's queue holds as many jobs as the deployment allows; retry later."""
 
 
+class NotDurable(Overloaded):
+    """The job was written but no replica confirmed it in time (Redis Sentinel setups)."""
+
+
 class RateLimited(Overloaded):
     """The tenant submits faster than its rate limit."""

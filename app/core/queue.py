@@ -10,7 +10,7 @@ from rq import Callback, Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from app.core.errors import FieldError, InvalidRequest
+from app.core.errors import FieldError, InvalidRequest, NotDurable
 from app.core.jobs import JobParams, JobStatus, rq_job_id
 from app.core.models import queue_name
 from app.core.store import JobStore
@@ -59,10 +59,11 @@ class Idempotency:
 class JobQueue:
     """Submits, locates and cancels jobs across the job store and the models' RQ queues."""
 
-    def __init__(self, redis: Redis, store: JobStore, job_timeout: int) -> None:
+    def __init__(self, redis: Redis, store: JobStore, job_timeout: int, replicas: int = 0) -> None:
         self.redis = redis
         self.store = store
         self.job_timeout = job_timeout
+        self.replicas = replicas
 
     def submit(
         self,
@@ -93,9 +94,17 @@ class JobQueue:
                             ex=self.store.result_ttl,
                         )
                     pipe.execute()
+                    self._await_replicas(job_id)
                     return job_id
                 except WatchError:
                     continue  # another replica claimed the key meanwhile: read its job
+
+    def _await_replicas(self, job_id: str) -> None:
+        # A failover promotes a replica: a job only the old primary had would be lost.
+        if self.replicas and self.redis.wait(self.replicas, 2000) < self.replicas:
+            raise NotDurable(
+                f"job {job_id} is not yet on a replica; retry (with the same Idempotency-Key)", 1
+            )
 
     def find(self, tenant: str, idempotency: Idempotency) -> str | None:
         """The job an idempotency key already names, if any (raises on a different body)."""

@@ -16,6 +16,10 @@ class Settings(BaseSettings):
 
     # Where things are
     redis_url: str = "redis://localhost:6379/0"
+    # High availability: comma-separated host:port of Redis Sentinels (the URL then gives
+    # only the database and password), and the name they monitor the primary under.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     storage_url: str = Field(
@@ -69,7 +73,7 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "redis_sentinels", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str) and value.lstrip().startswith("["):
