@@ -39,10 +39,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc=None) 
 
 
 def start_redis(
-    port: int, workdir: Path, own_session: bool = False, durable: bool = False
+    port: int,
+    workdir: Path,
+    own_session: bool = False,
+    durable: bool = False,
+    replica_of: int | None = None,
 ) -> subprocess.Popen:
     """A redis-server on loopback, ready when this returns; `durable` keeps an append-only
-    file in `workdir` (as production does), else nothing is persisted."""
+    file in `workdir` (as production does), else nothing is persisted; `replica_of` makes it
+    a replica of the primary on that port."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server not found: apt-get install -y redis-server")
@@ -60,6 +65,7 @@ def start_redis(
             "yes" if durable else "no",
             "--dir",
             str(workdir),
+            *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []),
         ],
         stdout=subprocess.DEVNULL,
         start_new_session=own_session,

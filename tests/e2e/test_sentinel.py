@@ -9,33 +9,13 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from scripts.procs import free_port, port_open, stop, wait_until
+from scripts.procs import free_port, port_open, start_redis, stop, wait_until
 from scripts.stack import LocalStack
 from worker.tiny_model import ensure_tiny_model
 
 
 def start_replica(port: int, primary: int, workdir: Path) -> subprocess.Popen:
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--dir",
-            str(workdir),
-            "--replicaof",
-            "127.0.0.1",
-            str(primary),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_until(lambda: port_open("127.0.0.1", port), 10, "replica", proc)
+    proc = start_redis(port, workdir, durable=True, replica_of=primary)
     replica = Redis(port=port)
     wait_until(lambda: replica.info("replication")["master_link_status"] == "up", 20, "sync")
     return proc
