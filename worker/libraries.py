@@ -14,3 +14,6 @@ def route_library_logs() -> None:
         library.disable_default_handler()
         library.enable_propagation()
         library.disable_progress_bar()
+    # Their warnings can quote the prompt (e.g. CLIP's "part of your input was truncated"):
+    # only errors, which do not, reach our logs.
+    diffusers_logging.set_verbosity_error()

@@ -93,13 +93,21 @@ class Runner:
             self._fail(job_id, "worker_lost", "the worker stopped during the job; submit again")
             raise
         finally:
-            if params.mode == "image-to-image":
+            # Only while the job is still ours: if it was given to another worker (we looked
+            # dead), that run needs the init image.
+            if params.mode == "image-to-image" and self._still_ours(job_id):
                 self.storage.delete(init_image_key(job_id))
             self._count_finished(job_id, params.model)
         if out_of_memory:
             # Only here, outside the except block, are the failed run's tensors unreferenced.
             gc.collect()
             free_memory(self.pipeline.device)
+
+    def _still_ours(self, job_id: str) -> bool:
+        try:
+            return self.store.worker_of(job_id) in (self.name, None)
+        except RedisError:
+            return False  # keep the file; result expiry removes it later
 
     def _count_finished(self, job_id: str, model: str) -> None:
         # Feeds the API's Retry-After when the queue is full; losing a count is harmless.

@@ -94,12 +94,12 @@ class JobQueue:
                             ex=self.store.result_ttl,
                         )
                     pipe.execute()
-                    self._await_replicas(job_id)
                     return job_id
                 except WatchError:
                     continue  # another replica claimed the key meanwhile: read its job
 
-    def _await_replicas(self, job_id: str) -> None:
+    def await_replicas(self, job_id: str) -> None:
+        """With replicas configured, fail with `NotDurable` unless a replica has the job."""
         # A failover promotes a replica: a job only the old primary had would be lost.
         if self.replicas and self.redis.wait(self.replicas, 2000) < self.replicas:
             raise NotDurable(

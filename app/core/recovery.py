@@ -24,14 +24,19 @@ def _next_attempt(
     # In the caller's transaction: a fresh RQ job for the next attempt, the record back to
     # queued, and the lost attempt's RQ job gone, so RQ never reports it abandoned later.
     rq = rq_queue(queue.redis, params.model)
-    old = RQJob.fetch(rq_job_id(job_id, attempt), connection=queue.redis, serializer=JSONSerializer)
+    old_id = rq_job_id(job_id, attempt)
+    try:
+        old: RQJob | None = RQJob.fetch(old_id, connection=queue.redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        old = None  # already gone: nothing of it to clean up
     queue.enqueue_attempt(job_id, params, pipe, attempt + 1)
     key = queue.store.key(job_id)
     pipe.hset(key, mapping={"status": "queued", "attempt": attempt + 1, "worker": "", "step": 0})
     pipe.hdel(key, "started_at", "total_steps")
     pipe.zrem(RUNNING_KEY, job_id)
-    pipe.lrem(rq.intermediate_queue_key, 0, old.id)
-    old.delete(pipeline=pipe, remove_from_queue=False)
+    pipe.lrem(rq.intermediate_queue_key, 0, old_id)
+    if old is not None:
+        old.delete(pipeline=pipe, remove_from_queue=False)
 
 
 def retry_lost(
@@ -72,7 +77,8 @@ def rescue_unstarted(queue: JobQueue, model: str) -> int:
     sit in RQ's intermediate list or started registry while their record still says queued."""
     rq = rq_queue(queue.redis, model)
     taken = {raw.decode() for raw in queue.redis.lrange(rq.intermediate_queue_key, 0, -1)}
-    taken |= set(StartedJobRegistry(queue=rq).get_job_ids())
+    # cleanup=False: RQ's own abandoned-job handling belongs to workers, not to this process.
+    taken |= set(StartedJobRegistry(queue=rq).get_job_ids(cleanup=False))
     rescued = 0
     for rq_id in taken:
         job_id = rq_id.split("-")[0]

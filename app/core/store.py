@@ -176,6 +176,11 @@ class JobStore:
             job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, worker, finished_at=_now()
         )
 
+    def worker_of(self, job_id: str) -> str | None:
+        """The worker the job is (or was last) on; None once its record has expired."""
+        worker = self.redis.hget(self.key(job_id), "worker")
+        return None if worker is None else worker.decode()
+
     def running(self) -> list[str]:
         """Ids of the jobs running now, on whatever worker."""
         return [raw.decode() for raw in self.redis.zrange(RUNNING_KEY, 0, -1)]

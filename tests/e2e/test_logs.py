@@ -8,6 +8,8 @@ from worker.tiny_model import ensure_tiny_model
 
 KEY = "k3y-that-must-never-be-logged"
 PROMPT = "zebra-secret-prompt"
+# Long enough that CLIP truncates it: diffusers warns about that, quoting the cut-off part.
+LONG_PROMPT = " ".join(["filler"] * 120) + " " + PROMPT
 
 
 def test_logs_are_json_with_ids_and_no_secrets(tmp_path: Path, model_cache: Path) -> None:
@@ -19,7 +21,7 @@ def test_logs_are_json_with_ids_and_no_secrets(tmp_path: Path, model_cache: Path
         stack.start_worker()
         response = client.post(
             "/v1/jobs",
-            json={"prompt": PROMPT, "num_inference_steps": 2},
+            json={"prompt": LONG_PROMPT, "num_inference_steps": 2},
             headers={"X-Request-ID": "req-42"},
         )
         assert response.headers["x-request-id"] == "req-42"

@@ -97,6 +97,7 @@ def submit_job(
             services.storage.delete(init_image_key(job_id))
     if submitted != job_id:  # a concurrent duplicate on another replica won
         return _replay(services, submitted, tenant, response)
+    services.queue.await_replicas(job_id)  # the job (and its init image) stay if this fails
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return _load(services, job_id, tenant)
