@@ -21,9 +21,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
-        """Beat now, then every `BEAT_EVERY_S` seconds."""
-        self.registry.beat(self.model, self.worker)
+        """Beat now (if Redis answers), then every `BEAT_EVERY_S` seconds."""
         self._thread.start()
+        try:
+            self.registry.beat(self.model, self.worker)
+        except RedisError:
+            log.warning("first heartbeat failed; retrying in %s s", BEAT_EVERY_S)
 
     def stop(self) -> None:
         """Stop beating and leave the registry."""

@@ -3,6 +3,7 @@
 import logging
 import time
 
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -36,11 +37,20 @@ def main() -> None:
     storage = open_storage(settings)
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
-    worker = SimpleWorker([rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer)
-    tasks.install(Runner(pipeline, store, storage, worker.name, ServiceRate(redis)))
-    heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
-    heartbeat.start()
-    try:
-        worker.work(with_scheduler=False, logging_level=settings.log_level)
-    finally:
-        heartbeat.stop()
+    while True:
+        worker = SimpleWorker(
+            [rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer
+        )
+        tasks.install(Runner(pipeline, store, storage, worker.name, ServiceRate(redis)))
+        heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
+        heartbeat.start()
+        try:
+            worker.work(with_scheduler=False, logging_level=settings.log_level)
+            return  # asked to stop (SIGTERM/SIGINT): the job in hand is done
+        except RedisError:
+            # Redis went away between jobs, where RQ gives up (a restart, a failover): keep
+            # the loaded pipeline and start taking jobs again once it answers.
+            log.warning("lost Redis; taking jobs again in 1 s", exc_info=True)
+            time.sleep(1)
+        finally:
+            heartbeat.stop()
