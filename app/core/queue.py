@@ -56,6 +56,17 @@ class Idempotency:
         return job_id
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What a submit came to: the job the request names and, when the submit made it, when
+    that job was created and its 0-based place in the queue just after (None for an earlier job
+    that an idempotency key named)."""
+
+    job_id: str
+    created_at: str | None = None
+    queue_position: int | None = None
+
+
 class JobQueue:
     """Submits, locates and cancels jobs across the job store and the models' RQ queues."""
 
@@ -77,6 +88,18 @@ class JobQueue:
         With an idempotency key, the key is claimed in the same transaction, so concurrent
         duplicates on any replicas make one job; returns the id of the job the key names.
         """
+        return self.accept(job_id, params, tenant, idempotency).job_id
+
+    def accept(
+        self,
+        job_id: str,
+        params: JobParams,
+        tenant: str,
+        idempotency: Idempotency | None = None,
+    ) -> Submitted:
+        """`submit`, telling also what the transaction wrote: the new job's creation time and
+        its place in the queue right after it joined (so the caller need not read them back)."""
+        queue_key = rq_queue(self.redis, params.model).key
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -84,7 +107,7 @@ class JobQueue:
                         pipe.watch(idempotency.redis_key(tenant))
                         earlier = idempotency.earlier_job(pipe.get(idempotency.redis_key(tenant)))
                         if earlier is not None:
-                            return earlier
+                            return Submitted(earlier)
                     self.enqueue_attempt(job_id, params, pipe)
                     self.store.create(job_id, params, tenant, pipe)
                     if idempotency is not None:
@@ -93,8 +116,11 @@ class JobQueue:
                             idempotency.record(job_id),
                             ex=self.store.result_ttl,
                         )
-                    pipe.execute()
-                    return job_id
+                    # Read inside the transaction: the job is last in its queue at this point.
+                    pipe.llen(queue_key)
+                    pipe.hget(self.store.key(job_id), "created_at")
+                    *_, length, created_at = pipe.execute()
+                    return Submitted(job_id, created_at.decode(), int(length) - 1)
                 except WatchError:
                     continue  # another replica claimed the key meanwhile: read its job
 

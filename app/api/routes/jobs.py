@@ -91,16 +91,24 @@ def submit_job(
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
     submitted = None
     try:
-        submitted = services.queue.submit(job_id, params, tenant, idempotency)
+        submitted = services.queue.accept(job_id, params, tenant, idempotency)
     finally:
-        if init_image is not None and submitted != job_id:  # no job will ever own it
-            services.storage.delete(init_image_key(job_id))
-    if submitted != job_id:  # a concurrent duplicate on another replica won
-        return _replay(services, submitted, tenant, response)
+        if init_image is not None and (submitted is None or submitted.job_id != job_id):
+            services.storage.delete(init_image_key(job_id))  # no job will ever own it
+    if submitted.job_id != job_id:  # a concurrent duplicate on another replica won
+        return _replay(services, submitted.job_id, tenant, response)
     services.queue.await_replicas(job_id)  # the job (and its init image) stay if this fails
     services.metrics.jobs_submitted.labels(spec.name).inc()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return _load(services, job_id, tenant)
+    # The record just written, as `_load` would read it back (without a round trip).
+    return Job(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        model=params.model,
+        created_at=submitted.created_at,
+        queue_position=submitted.queue_position,
+        request=params,
+    )
 
 
 @router.get(
