@@ -15,6 +15,9 @@ def main() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
+        # Explicit, not "auto": a missing uvloop or httptools fails at start, not silently slower.
+        loop="uvloop",
+        http="httptools",
         log_level=settings.log_level.lower(),
         log_config=None,  # ours: JSON lines with request and job ids
     )
