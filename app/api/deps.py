@@ -37,7 +37,9 @@ class Services:
     rate_limiter: RateLimiter | None
 
 
-def get_services(request: Request) -> Services:
+# Dependencies that never block are `async def`: FastAPI runs a plain `def` one in the thread
+# pool, a hop per dependency per request that costs more than the dependency itself.
+async def get_services(request: Request) -> Services:
     """The services of the app serving this request."""
     return request.app.state.services
 
@@ -46,7 +48,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="An API key, when LDM_API_KEYS is set.")
 
 
-def current_tenant(
+async def current_tenant(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
