@@ -16,6 +16,7 @@ from app.core.storage import open_storage
 from app.core.store import JobStore
 from app.core.workers import WorkerRegistry
 from worker import tasks
+from worker.finisher import Finisher
 from worker.heartbeat import Heartbeat
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
@@ -35,17 +36,28 @@ def main() -> None:
     redis = connect(settings, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
     storage = open_storage(settings)
+    finisher = Finisher()
+    runner = Runner(
+        pipeline,
+        store,
+        storage,
+        service_rate=ServiceRate(redis),
+        max_batch=spec.max_batch,
+        finisher=finisher,
+    )
+    tasks.install(runner)
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     while True:
         worker = SimpleWorker(
             [rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer
         )
-        tasks.install(Runner(pipeline, store, storage, worker.name, ServiceRate(redis)))
+        runner.rename(worker.name)
         heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
         heartbeat.start()
         try:
             worker.work(with_scheduler=False, logging_level=settings.log_level)
+            finisher.close()  # the last images are stored before the process exits
             return  # asked to stop (SIGTERM/SIGINT): the job in hand is done
         except RedisError:
             # Redis went away between jobs, where RQ gives up (a restart, a failover): keep

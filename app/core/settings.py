@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     native_size: int | None = Field(None, ge=64, multiple_of=8, description="overrides the model's")
     default_steps: int | None = Field(None, ge=1, description="overrides the model's default")
     default_guidance_scale: float | None = Field(None, ge=0, le=30)
+    max_batch: int | None = Field(
+        None, ge=1, description="images a worker runs in one call; 1 turns batching off"
+    )
+    compile: bool = Field(False, description="torch.compile the U-Net at start (CUDA)")
 
     # Limits a request must stay within
     max_side: int = Field(1024, ge=64)

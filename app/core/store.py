@@ -1,10 +1,13 @@
 """Job records in Redis, and the one place that changes a job's state."""
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis import Redis
 from redis.client import Pipeline
+from rq.job import Job as RQJob
 
 from app.core.jobs import ImageInfo, Job, JobError, JobParams, JobStatus, Progress
 
@@ -48,11 +51,57 @@ end
 return cur
 """
 
+# Starts a batch in one step: the job the worker took from the queue through RQ (rq id '')
+# and compatible jobs still waiting, each taken only if it is still in the queue (so no
+# other worker and no cancel got it) and still queued. Returns the ids of the jobs started.
+_CLAIM = """
+local started = {}
+local now = tonumber(redis.call('TIME')[1])
+for i = 0, #KEYS / 2 - 2 do
+  local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local job_id, rq_id = ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  if rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1 then
+    if rq_id ~= '' then redis.call('DEL', rq_key) end
+    if redis.call('HGET', job_key, 'status') == 'queued' then
+      redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
+                 'total_steps', ARGV[5 + 3 * i], 'worker', ARGV[1])
+      redis.call('ZADD', KEYS[1], now, job_id)
+      started[#started + 1] = job_id
+    end
+  end
+end
+return started
+"""
+
+# Records a finished step for each job of a batch still running on this worker, and reads
+# their cancel flags, in one round trip. Returns a 1 per job whose cancel was requested.
+_PROGRESS = """
+local canceled = {}
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HMGET', key, 'status', 'worker', 'cancel')
+  if state[1] == 'running' and (ARGV[2] == '' or state[2] == ARGV[2]) then
+    redis.call('HSET', key, 'step', ARGV[1])
+  end
+  canceled[i] = state[3] == '1' and 1 or 0
+end
+return canceled
+"""
 
 # Job ids by the time their record expires, so that their files can be deleted then too.
 EXPIRY_KEY = "ldm:expiry"
 # Ids of running jobs, checked for workers that died under them.
 RUNNING_KEY = "ldm:running"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job to start as part of a batch: `rq_id` names its RQ job to take from the queue at
+    `queue_key`, or is empty for the job the worker already took through RQ."""
+
+    job_id: str
+    rq_id: str
+    queue_key: str
+    total_steps: int
 
 
 def _now() -> str:
@@ -67,6 +116,8 @@ class JobStore:
         self.result_ttl = result_ttl
         self._transition_script = redis.register_script(_TRANSITION)
         self._cancel_script = redis.register_script(_CANCEL)
+        self._claim_script = redis.register_script(_CLAIM)
+        self._progress_script = redis.register_script(_PROGRESS)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -139,13 +190,22 @@ class JobStore:
             worker=worker,
         )
 
-    def report_progress(self, job_id: str, step: int) -> bool:
-        """Record a finished denoising step; True if a cancel was requested (one round trip)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.key(job_id), "step", step)
-        pipe.hget(self.key(job_id), "cancel")
-        _, cancel = pipe.execute()
-        return cancel == b"1"
+    def claim(self, worker: str, jobs: Sequence[Claim]) -> list[str]:
+        """Start a batch on `worker` in one round trip: queued → running for each job still
+        there to take (see `Claim`); returns the ids of the jobs started, in order."""
+        keys = [RUNNING_KEY, jobs[0].queue_key]
+        args = [worker, _now()]
+        for job in jobs:
+            keys += [self.key(job.job_id), RQJob.key_for(job.rq_id) if job.rq_id else ""]
+            args += [job.job_id, job.rq_id, job.total_steps]
+        return [raw.decode() for raw in self._claim_script(keys=keys, args=args)]
+
+    def report_progress(self, job_ids: Sequence[str], step: int, worker: str = "") -> set[str]:
+        """Record a finished denoising step for jobs running on `worker`; returns those whose
+        cancel was requested (one round trip for a whole batch)."""
+        keys = [self.key(job_id) for job_id in job_ids]
+        flags = self._progress_script(keys=keys, args=[step, worker])
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 
     def succeed(self, job_id: str, images: list[ImageInfo], worker: str = "") -> bool:
         """running → succeeded, with its images (only while `worker`, if named, owns it)."""

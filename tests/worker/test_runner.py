@@ -30,11 +30,15 @@ class Failing:
     """A stand-in pipeline that fails the way a real one can (the model is beside the point)."""
 
     device = torch.device("cpu")
+    native_size = 64
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def generate(self, *args: object, **kwargs: object) -> list[Image.Image]:
+    def check(self, *args: object) -> None:
+        pass
+
+    def generate_batch(self, *args: object, **kwargs: object) -> list[list[Image.Image]]:
         raise self.error
 
 
@@ -78,15 +82,16 @@ def test_cancel_flag_stops_at_the_next_step(
     runner = Runner(resident, store, LocalStorage(tmp_path))
     real_report = store.report_progress
 
-    def cancel_after_three(job: str, step: int) -> bool:
+    def cancel_after_three(jobs: list[str], step: int, worker: str) -> set[str]:
         if step == 3:
-            queue.cancel(job, MODEL)  # the API's cancel, arriving while the job runs
-        return real_report(job, step)
+            queue.cancel(job_id, MODEL)  # the API's cancel, arriving while the job runs
+        return real_report(jobs, step, worker)
 
     store.report_progress = cancel_after_three  # type: ignore[method-assign]
     runner.run(job_id, params)
     job = store.get(job_id)
-    assert job.status is JobStatus.CANCELED and job.progress.step == 3 and not job.images
+    # Progress travels on its own thread: the flag is seen at the step after it was read.
+    assert job.status is JobStatus.CANCELED and 3 <= job.progress.step < 10 and not job.images
 
 
 def test_job_canceled_before_start_is_skipped(queue: JobQueue, tmp_path: Path) -> None:
@@ -132,6 +137,20 @@ def test_failures_get_a_code_and_the_worker_goes_on(
     next_id = submitted(queue, params)
     runner.run(next_id, params)
     assert queue.store.get(next_id).status is JobStatus.SUCCEEDED
+
+
+def test_every_job_of_a_failed_batch_gets_the_failure(queue: JobQueue, tmp_path: Path) -> None:
+    params = make_params()
+    first, second = (
+        submitted(queue, params),
+        submitted(queue, params.model_copy(update={"seed": 7})),
+    )
+    rq_queue(queue.redis, MODEL).remove(first)  # taken by RQ; the second waits behind it
+    error = torch.OutOfMemoryError("CUDA out of memory")
+    Runner(Failing(error), queue.store, LocalStorage(tmp_path), max_batch=8).run(first, params)
+    for job_id in (first, second):
+        job = queue.store.get(job_id)
+        assert job.status is JobStatus.FAILED and job.error.code == "out_of_memory"
 
 
 def test_a_forced_shutdown_mid_job_ends_it_as_worker_lost(queue: JobQueue, tmp_path: Path) -> None:

@@ -1,0 +1,67 @@
+"""Progress and cancel flags travel on a thread of their own, so denoising never waits on Redis."""
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from redis.exceptions import RedisError
+
+from app.core.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    """Writes the latest finished step of the running batch and reads its cancel flags.
+
+    The step callback only hands the step over (no I/O); steps that come faster than Redis
+    answers are coalesced, so clients see the latest one. A cancel is seen one write later.
+    """
+
+    def __init__(self, store: JobStore, worker: str = "") -> None:
+        self.store = store
+        self.worker = worker
+        self._lock = threading.Condition()
+        self._pending: tuple[tuple[str, ...], int] | None = None
+        self._canceled: set[str] = set()
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
+
+    def report(self, job_ids: Sequence[str], step: int) -> None:
+        """Step `step` of these jobs is done; returns at once."""
+        with self._lock:
+            self._pending = (tuple(job_ids), step)
+            self._lock.notify()
+
+    def canceled(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of `job_ids` whose cancel has been requested, as last read."""
+        with self._lock:
+            return self._canceled.intersection(job_ids)
+
+    def flush(self) -> None:
+        """Wait until every step reported so far is written (or given up on)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._pending is None and not self._busy)
+
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Drop what is known of jobs that have ended."""
+        with self._lock:
+            self._canceled.difference_update(job_ids)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._pending is not None)
+                job_ids, step = self._pending
+                self._pending, self._busy = None, True
+            canceled: set[str] = set()
+            try:
+                canceled = self.store.report_progress(job_ids, step, self.worker)
+            except RedisError:
+                # Redis is away (a restart, a failover): denoise on; progress resumes after.
+                log.warning("progress not recorded at step %s", step)
+            with self._lock:
+                self._canceled |= canceled
+                self._busy = False
+                self._lock.notify_all()
