@@ -75,6 +75,15 @@ class JobQueue:
         self.store = store
         self.job_timeout = job_timeout
         self.replicas = replicas
+        # One RQ Queue per model, made once: making one costs more than the enqueue it serves
+        # (RQ checks its serializer against a runtime Protocol each time).
+        self._queues: dict[str, Queue] = {}
+
+    def _queue(self, model: str) -> Queue:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues.setdefault(model, rq_queue(self.redis, model))
+        return queue
 
     def submit(
         self,
@@ -99,7 +108,7 @@ class JobQueue:
     ) -> Submitted:
         """`submit`, telling also what the transaction wrote: the new job's creation time and
         its place in the queue right after it joined (so the caller need not read them back)."""
-        queue_key = rq_queue(self.redis, params.model).key
+        queue_key = self._queue(params.model).key
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -141,7 +150,7 @@ class JobQueue:
     ) -> None:
         """Queue one attempt of a job as its own RQ job (within the caller's transaction)."""
         # RQ calls MULTI itself, so it goes first; EXEC makes all the writes one step.
-        rq_queue(self.redis, params.model).enqueue_call(
+        self._queue(params.model).enqueue_call(
             TASK,
             args=[job_id, params.model_dump(mode="json")],
             job_id=rq_job_id(job_id, attempt),
@@ -158,16 +167,14 @@ class JobQueue:
 
     def position(self, job_id: str, model: str, attempt: int = 1) -> int | None:
         """0-based place among the jobs waiting for this model; None if not waiting."""
-        position = self.redis.lpos(rq_queue(self.redis, model).key, rq_job_id(job_id, attempt))
+        position = self.redis.lpos(self._queue(model).key, rq_job_id(job_id, attempt))
         return None if position is None else int(position)
 
     def cancel(self, job_id: str, model: str, attempt: int = 1) -> JobStatus | None:
         """Cancel a job; returns the state it was in before, None if unknown."""
         rq_id = rq_job_id(job_id, attempt)
-        return self.store.cancel(
-            job_id, rq_queue(self.redis, model).key, RQJob.key_for(rq_id), rq_id
-        )
+        return self.store.cancel(job_id, self._queue(model).key, RQJob.key_for(rq_id), rq_id)
 
     def depth(self, model: str) -> int:
         """How many jobs wait for this model."""
-        return int(self.redis.llen(rq_queue(self.redis, model).key))
+        return int(self.redis.llen(self._queue(model).key))
