@@ -1,11 +1,13 @@
-"""Service vs raw diffusers throughput on the same tiny model, same parameters, in one run.
+"""Service vs raw diffusers throughput, batching off and on, on the same tiny model in one run.
 
     python -m bench.throughput [--jobs 32] [--rounds 3] [--steps 20]
 
-Each round times N raw pipeline calls in this process, then N jobs through the whole
-service (HTTP submit, Redis queue, one worker, PNG encoding, storage write), and reports
-raw_time / service_time. The service time runs from the first submit to the last job's
-`finished_at`, so it includes queueing and dispatch. The median ratio over rounds is the figure.
+The baseline is what a diffusers user gets: N single-image pipeline calls in this process.
+Each round times that baseline, then a burst of N jobs through the whole service (HTTP
+submit, Redis queue, one worker, PNG encoding, storage write) right after it, and reports
+raw_time / service_time; from the first submit to the last job's `finished_at`, so queueing
+and dispatch count. One worker runs with LDM_MAX_BATCH=1 (off), then one with the model's
+default batch (on). Raw batched calls of the same size show the headroom batching has here.
 """
 
 import argparse
@@ -14,25 +16,38 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoPipelineForText2Image
 
+from app.core.models import model_spec
+from app.core.settings import Settings
 from scripts.stack import LocalStack
 from worker.tiny_model import ensure_tiny_model
 
+PROMPT = "a red circle"
 
-def raw_seconds(pipe: AutoPipelineForText2Image, jobs: int, steps: int) -> float:
-    """N single-image calls, as a client of diffusers would make them."""
+
+def load_raw(cache: Path) -> AutoPipelineForText2Image:
+    """The tiny model as a diffusers user loads it, warmed up like the worker."""
+    pipe = AutoPipelineForText2Image.from_pretrained(ensure_tiny_model(cache), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    raw_seconds(pipe, 2, 2)
+    return pipe
+
+
+def raw_seconds(pipe: AutoPipelineForText2Image, images: int, steps: int, batch: int = 1) -> float:
+    """`images` images in calls of `batch`, each image with its own seeded generator."""
     start = time.perf_counter()
-    for seed in range(jobs):
+    for first in range(0, images, batch):
         pipe(
-            "a red circle",
+            [PROMPT] * batch,
             width=64,
             height=64,
             num_inference_steps=steps,
             guidance_scale=7.5,
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=[torch.Generator("cpu").manual_seed(s) for s in range(first, first + batch)],
             output_type="pil",
         )
     return time.perf_counter() - start
@@ -41,48 +56,78 @@ def raw_seconds(pipe: AutoPipelineForText2Image, jobs: int, steps: int) -> float
 def service_seconds(stack: LocalStack, jobs: int, steps: int) -> float:
     """N jobs through the service; from the first submit to the last finish."""
     start = datetime.now().astimezone()
-    ids = [
-        stack.submit({"prompt": "a red circle", "num_inference_steps": steps, "seed": seed})["id"]
-        for seed in range(jobs)
-    ]
-    finished = [stack.wait(job_id, timeout=600, poll=0.25) for job_id in ids]
-    assert all(job["status"] == "succeeded" for job in finished)
+    body: dict[str, Any] = {"prompt": PROMPT, "num_inference_steps": steps}
+    ids = [stack.submit(body | {"seed": seed})["id"] for seed in range(jobs)]
+    finished = [stack.wait(job_id, timeout=600, poll=0.1) for job_id in ids]
+    assert all(job["status"] == "succeeded" for job in finished), "a bench job failed"
     last = max(datetime.fromisoformat(job["finished_at"]) for job in finished)
     return (last - start).total_seconds()
 
 
+def measure(jobs: int = 32, rounds: int = 3, steps: int = 20) -> dict[str, Any]:
+    """Rounds of (raw, service) pairs with batching off, then on; ratios and their medians."""
+    cache = Path(".cache/models").resolve()
+    pipe = load_raw(cache)
+    max_batch = model_spec(Settings()).max_batch
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as workdir, LocalStack(Path(workdir), cache) as stack:
+        stack.start_api(LDM_MAX_QUEUE_LENGTH="100000")
+        for batching, setting in (("off", "1"), ("on", str(max_batch))):
+            worker = stack.start_worker(LDM_MAX_BATCH=setting)
+            for round_ in range(1, rounds + 1):
+                raw = raw_seconds(pipe, jobs, steps)
+                service = service_seconds(stack, jobs, steps)
+                batched = raw_seconds(pipe, jobs, steps, batch=max_batch)
+                rows.append(
+                    {
+                        "batching": batching,
+                        "round": round_,
+                        "raw_s": raw,
+                        "service_s": service,
+                        "ratio": raw / service,
+                        "raw_batched_ratio": raw / batched,
+                    }
+                )
+                print(
+                    f"| {batching} | {round_} | {raw:.2f} | {service:.2f} | "
+                    f"{1000 * raw / jobs:.0f} | {1000 * service / jobs:.0f} | "
+                    f"{raw / service:.3f} | {raw / batched:.2f} |",
+                    flush=True,
+                )
+            stack.stop_worker(worker)
+
+    def median(batching: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows if r["batching"] == batching)
+
+    return {
+        "jobs": jobs,
+        "steps": steps,
+        "max_batch": max_batch,
+        "rounds": rows,
+        "ratio_off": median("off", "ratio"),
+        "ratio_on": median("on", "ratio"),
+        "raw_batch_headroom": statistics.median(r["raw_batched_ratio"] for r in rows),
+    }
+
+
 def main() -> None:
-    """Run the rounds and print a table and the median ratio."""
+    """Print a table per round and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-
-    cache = Path(".cache/models").resolve()
-    folder = ensure_tiny_model(cache)
-    pipe = AutoPipelineForText2Image.from_pretrained(folder, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    raw_seconds(pipe, 2, args.steps)  # warm-up, as the worker does at start
-
-    ratios = []
     print(f"{args.jobs} jobs, tiny-sd 64x64, {args.steps} steps, CPU, one worker")
-    print("| round | raw s | service s | raw ms/job | service ms/job | ratio |")
-    print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as workdir, LocalStack(Path(workdir), cache) as stack:
-        stack.start_api()
-        stack.start_worker()
-        for round_ in range(1, args.rounds + 1):
-            raw = raw_seconds(pipe, args.jobs, args.steps)
-            service = service_seconds(stack, args.jobs, args.steps)
-            ratios.append(raw / service)
-            print(
-                f"| {round_} | {raw:.2f} | {service:.2f} | {1000 * raw / args.jobs:.0f} | "
-                f"{1000 * service / args.jobs:.0f} | {raw / service:.3f} |",
-                flush=True,
-            )
     print(
-        f"\nservice/raw throughput ratio (median of {args.rounds}): {statistics.median(ratios):.3f}"
+        "| batching | round | raw s | service s | raw ms/job | service ms/job "
+        "| ratio | raw batched |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    result = measure(args.jobs, args.rounds, args.steps)
+    print(
+        f"\nservice/raw throughput (median of {args.rounds}): batching off "
+        f"{result['ratio_off']:.3f}, on {result['ratio_on']:.2f}x "
+        f"(raw batches of {result['max_batch']}: {result['raw_batch_headroom']:.2f}x)"
     )
 
 

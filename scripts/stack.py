@@ -122,11 +122,13 @@ class LocalStack:
         self.apis.append((proc, client))
         return client
 
-    def start_worker(self, queue: str = "ldm:tiny-sd", timeout: float = 120) -> subprocess.Popen:
-        """One more worker; ready once it listens on its model's queue."""
+    def start_worker(
+        self, queue: str = "ldm:tiny-sd", timeout: float = 120, **settings: str
+    ) -> subprocess.Popen:
+        """One more worker (its own settings may differ); ready once it listens on its queue."""
         before = {w.name for w in self.live_workers(queue)}
         log = self.workdir / f"worker-{len(self.workers)}.log"
-        proc = start_python("worker", self.env, log)
+        proc = start_python("worker", self.env | settings, log)
         wait_until(
             lambda: {w.name for w in self.live_workers(queue)} - before != set(),
             timeout,
@@ -135,6 +137,11 @@ class LocalStack:
         )
         self.workers.append(proc)
         return proc
+
+    def stop_worker(self, proc: subprocess.Popen) -> None:
+        """Stop a worker this stack started (it finishes its job first)."""
+        stop(proc)
+        self.workers.remove(proc)
 
     def live_workers(self, queue: str = "ldm:tiny-sd") -> list[Worker]:
         """RQ workers registered on that queue."""

@@ -3,15 +3,16 @@
 import logging
 import time
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app.core.limits import ServiceRate
-from app.core.models import model_spec
+from app.core.models import ModelSpec, model_spec
 from app.core.queue import rq_queue
 from app.core.redis_client import connect
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
 from app.core.workers import WorkerRegistry
@@ -32,15 +33,23 @@ def main() -> None:
     pipeline = ResidentPipeline.load(settings)
     pipeline.warm_up(spec, settings)
     log.info("pipeline ready in %.1f s on %s", time.perf_counter() - started, pipeline.device)
+    serve(settings, spec, pipeline, connect(settings, health_check_interval=30))
 
-    redis = connect(settings, health_check_interval=30)
+
+def serve(
+    settings: Settings,
+    spec: ModelSpec,
+    pipeline: ResidentPipeline,
+    redis: Redis,
+    burst: bool = False,
+) -> Runner:
+    """Take jobs for `spec` until asked to stop (or, with `burst`, until the queue is empty)."""
     store = JobStore(redis, settings.result_ttl)
-    storage = open_storage(settings)
     finisher = Finisher()
     runner = Runner(
         pipeline,
         store,
-        storage,
+        open_storage(settings),
         service_rate=ServiceRate(redis),
         max_batch=spec.max_batch,
         finisher=finisher,
@@ -56,9 +65,9 @@ def main() -> None:
         heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
         heartbeat.start()
         try:
-            worker.work(with_scheduler=False, logging_level=settings.log_level)
+            worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
             finisher.close()  # the last images are stored before the process exits
-            return  # asked to stop (SIGTERM/SIGINT): the job in hand is done
+            return runner  # asked to stop (SIGTERM/SIGINT): the job in hand is done
         except RedisError:
             # Redis went away between jobs, where RQ gives up (a restart, a failover): keep
             # the loaded pipeline and start taking jobs again once it answers.

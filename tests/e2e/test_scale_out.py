@@ -22,8 +22,10 @@ from worker.tiny_model import ensure_tiny_model
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[LocalStack]:
     ensure_tiny_model(model_cache)
-    # One thread each: two workers share this machine's cores.
-    with LocalStack(tmp_path_factory.mktemp("cluster"), model_cache, OMP_NUM_THREADS="1") as s:
+    # One thread each: two workers share this machine's cores. Batching off: RQ's own job
+    # count then proves no job ran twice (batched jobs bypass it; see test_batching.py).
+    env = {"OMP_NUM_THREADS": "1", "LDM_MAX_BATCH": "1"}
+    with LocalStack(tmp_path_factory.mktemp("cluster"), model_cache, **env) as s:
         s.use_s3()
         s.start_api()
         s.start_api()

@@ -1,0 +1,147 @@
+"""Per-job overhead of a busy worker: what it spends on each job beyond the pipeline call.
+
+    python -m bench.overhead [--jobs 200] [--steps 20]
+
+A burst of jobs is queued on a real Redis, then this process serves them with the worker's
+own code (`worker.main.serve`: RQ, claims, progress, PNG encoding, storage writes, final
+state) with batching off, timing every pipeline call and every step callback. On a
+saturated worker a job's service time runs from the end of one pipeline call to the end of
+the next, so its overhead is the gap between the calls plus the time spent in its step
+callbacks. Pipeline calls are also compared with raw calls in this process, alternated, to
+show what the worker's background threads cost the denoising itself.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from redis import Redis
+
+from app.core.jobs import JobParams, new_job_id
+from app.core.models import model_spec
+from app.core.queue import JobQueue
+from app.core.settings import Settings
+from app.core.store import JobStore
+from scripts.procs import free_port, start_redis, stop
+from worker.main import serve
+from worker.pipeline import ResidentPipeline, StepCallback
+
+
+class TimedPipeline(ResidentPipeline):
+    """The resident pipeline, recording when each call starts and ends and its callback time."""
+
+    def __init__(self, inner: ResidentPipeline) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.calls: list[tuple[float, float, float]] = []
+
+    def generate_batch(
+        self,
+        jobs: Sequence[tuple[JobParams, Image.Image | None]],
+        on_step: StepCallback | None = None,
+    ) -> list[list[Image.Image]]:
+        in_callbacks = 0.0
+
+        def timed(step: int) -> None:
+            nonlocal in_callbacks
+            start = time.perf_counter()
+            try:
+                if on_step is not None:
+                    on_step(step)
+            finally:
+                in_callbacks += time.perf_counter() - start
+
+        start = time.perf_counter()
+        images = super().generate_batch(jobs, timed)
+        self.calls.append((start, time.perf_counter(), in_callbacks))
+        return images
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def measure(jobs: int = 200, steps: int = 20) -> dict[str, Any]:
+    """Serve a burst of `jobs` in this process; overhead per job in ms (p50/p99/mean)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        port = free_port()
+        redis_proc = start_redis(port, Path(workdir) / "redis", durable=True)
+        try:
+            settings = Settings(
+                redis_url=f"redis://127.0.0.1:{port}/0",
+                storage_url=(Path(workdir) / "images").as_uri(),
+                model_cache=Path(".cache/models").resolve(),
+                device="cpu",
+                max_batch=1,
+                log_level="WARNING",
+            )
+            spec = model_spec(settings)
+            pipeline = TimedPipeline(ResidentPipeline.load(settings))
+            pipeline.warm_up(spec, settings)
+            redis = Redis.from_url(settings.redis_url)
+            queue = JobQueue(redis, JobStore(redis, settings.result_ttl), settings.job_timeout)
+            params = JobParams(
+                prompt="a red circle",
+                negative_prompt=None,
+                mode="text-to-image",
+                strength=None,
+                width=64,
+                height=64,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                num_images=1,
+                seed=0,
+                output_format="png",
+                model=spec.name,
+            )
+            for seed in range(jobs):
+                queue.submit(new_job_id(), params.model_copy(update={"seed": seed}), "bench")
+            serve(settings, spec, pipeline, redis, burst=True)
+            raw = []
+            for _ in range(20):
+                start = time.perf_counter()
+                ResidentPipeline.generate(pipeline, params)
+                raw.append(time.perf_counter() - start)
+            redis.close()
+        finally:
+            stop(redis_proc)
+    calls = pipeline.calls[5:]  # the first jobs pay for RQ's start-up
+    overheads = [
+        1000 * (start - previous_end + in_callbacks)
+        for (_, previous_end, _), (start, _, in_callbacks) in zip(calls, calls[1:], strict=False)
+    ]
+    inside = [end - start - cb for start, end, cb in calls]
+    return {
+        "jobs": jobs,
+        "steps": steps,
+        "overhead_p50_ms": percentile(overheads, 50),
+        "overhead_p99_ms": percentile(overheads, 99),
+        "overhead_mean_ms": statistics.fmean(overheads),
+        "pipeline_ms": 1000 * statistics.median(inside),
+        "raw_pipeline_ms": 1000 * statistics.median(raw),
+    }
+
+
+def main() -> None:
+    """Print the overhead figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    r = measure(args.jobs, args.steps)
+    print(f"{r['jobs']} jobs, tiny-sd 64x64, {r['steps']} steps, CPU, batching off")
+    print(
+        f"per-job overhead: p50 {r['overhead_p50_ms']:.2f} ms, p99 {r['overhead_p99_ms']:.2f} ms,"
+        f" mean {r['overhead_mean_ms']:.2f} ms; pipeline call in the worker "
+        f"{r['pipeline_ms']:.1f} ms vs raw {r['raw_pipeline_ms']:.1f} ms (median)"
+    )
+
+
+if __name__ == "__main__":
+    main()
