@@ -31,5 +31,8 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
+# The benchmark suite: a results table (bench/results.md) and docs/benchmarks.png.
 bench: $(STAMP) system-deps
-	$(PY) -m bench.throughput --rounds 5
+	bash scripts/ensure-debian-packages.sh wrk:wrk
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench

@@ -24,6 +24,7 @@ from diffusers import AutoPipelineForText2Image
 from app.core.models import model_spec
 from app.core.settings import Settings
 from scripts.stack import LocalStack
+from worker.libraries import route_library_logs
 from worker.tiny_model import ensure_tiny_model
 
 PROMPT = "a red circle"
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    route_library_logs()  # no progress bars from the model libraries
     print(f"{args.jobs} jobs, tiny-sd 64x64, {args.steps} steps, CPU, one worker")
     print(
         "| batching | round | raw s | service s | raw ms/job | service ms/job "

@@ -148,8 +148,9 @@ class Runner:
                 self._fail_all(live, "internal", "the worker failed to run the job")
                 raise
             out_of_memory = True
-            message = "not enough memory; ask for fewer, smaller images"
-            self._fail_all(live, "out_of_memory", message)
+            if len(tasks) == 1:  # a batch is split instead: each job may fit alone
+                message = "not enough memory; ask for fewer, smaller images"
+                self._fail_all(live, "out_of_memory", message)
         except BaseException:
             # A forced shutdown (second SIGTERM, Ctrl-C) mid-job: say so rather than leave it
             # running for ever.
@@ -158,13 +159,21 @@ class Runner:
         finally:
             self.progress.flush()  # no late step write after the final state
             self.progress.forget([task.job_id for task in tasks])
+            split = out_of_memory and len(tasks) > 1
             for task in tasks:
-                if outputs is None or task.job_id not in live:
+                if (outputs is None and not split) or task.job_id not in live:
                     self._clean_up(task)
         if out_of_memory:
             # Only here, outside the except block, are the failed run's tensors unreferenced.
             gc.collect()
             free_memory(self.pipeline.device)
+            if split:
+                log.warning(
+                    "a batch of %d jobs ran out of memory; running them one by one", len(tasks)
+                )
+                for task in tasks:
+                    if task.job_id in live:
+                        self._run([task])
         if outputs is not None:
             pairs = zip(tasks, outputs, strict=True)
             done = [(task, images) for task, images in pairs if task.job_id in live]

@@ -18,6 +18,7 @@ from app.core.store import JobStore
 # Workers import these by name; the API never imports worker code.
 TASK = "worker.tasks.run_job"
 ON_FAILURE = "worker.tasks.on_failure"
+RQ_RESULT_TTL = 60
 
 
 def rq_queue(redis: Redis, model: str) -> Queue:
@@ -157,8 +158,9 @@ class JobQueue:
             # RQ logs the description of every job it runs: the id only, never the prompt.
             description=f"job {job_id}",
             timeout=self.job_timeout,
-            # The job store keeps results; RQ need not keep its copy of a finished job.
-            result_ttl=0,
+            # The job store keeps results; RQ's copy of a finished job only briefly: letting it
+            # expire costs RQ one EXPIRE, deleting it (ttl 0) a scan of the whole queue.
+            result_ttl=RQ_RESULT_TTL,
             failure_ttl=self.store.result_ttl,
             # Runs where the job failed outside the runner too (worker died, bad payload).
             on_failure=Callback(ON_FAILURE),

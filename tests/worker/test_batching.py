@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from redis import Redis
 
@@ -211,3 +212,26 @@ def test_larger_images_fill_a_batch_sooner(
     Runner(resident, queue.store, LocalStorage(tmp_path), max_batch=4).run(first, params)
     assert queue.store.get(first).status is JobStatus.SUCCEEDED
     assert queue.store.get(second).status is JobStatus.QUEUED
+
+
+def test_a_batch_out_of_memory_runs_its_jobs_one_by_one(
+    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+) -> None:
+    real = resident.generate_batch
+
+    def small_card(jobs: list, on_step: object = None) -> list:
+        if len(jobs) > 1:  # room for one job's activations, not two
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(jobs, on_step)
+
+    params = make_params()
+    first, second = submitted(queue, params), submitted(queue, make_params(seed=9))
+    take(queue, first)
+    resident.generate_batch = small_card  # type: ignore[method-assign]
+    try:
+        Runner(resident, queue.store, LocalStorage(tmp_path), max_batch=8).run(first, params)
+    finally:
+        del resident.generate_batch
+    for job_id in (first, second):
+        job = queue.store.get(job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.progress.step == 4

@@ -1,0 +1,151 @@
+"""The whole benchmark suite in one command: `python -m bench` (or `make bench`).
+
+Runs each bench in turn on this machine (tiny model, CPU), prints one results table, and
+writes bench/results.json, bench/results.md and docs/benchmarks.png. Every figure in the
+README's performance section comes from here; rerun it rather than copying numbers.
+"""
+
+import argparse
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import dispatch, memory, overhead, submit, throughput
+from bench.plot import plot
+from worker.libraries import route_library_logs
+
+OUT = Path("bench")
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Every bench; `quick` shrinks them to check the suite runs, not to quote."""
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {_cores()} cores, CPU only",
+    }
+    print("throughput ...", flush=True)
+    results["throughput"] = throughput.measure(
+        jobs=8 if quick else 32, rounds=1 if quick else 3, steps=4 if quick else 20
+    )
+    print("overhead ...", flush=True)
+    jobs = 30 if quick else 200
+    results["overhead_off"] = overhead.measure(jobs=jobs, max_batch=1)
+    results["overhead_on"] = overhead.measure(jobs=jobs, max_batch=8)
+    print("submit ...", flush=True)
+    results["submit"] = submit.measure(duration=1 if quick else 5)
+    print("dispatch ...", flush=True)
+    results["dispatch"] = dispatch.measure(jobs=10 if quick else 100)
+    print("memory ...", flush=True)
+    results["memory"] = memory.measure(jobs=150 if quick else 2000)
+    return results
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def report(r: dict[str, Any]) -> str:
+    """The results as the markdown table the README quotes."""
+    t, off, on, d, m = (
+        r[k] for k in ("throughput", "overhead_off", "overhead_on", "dispatch", "memory")
+    )
+    top = max(r["submit"], key=lambda row: row["concurrency"])
+    rows = [
+        (
+            "Throughput, service / raw diffusers, batching off",
+            ">= 0.98",
+            f"{t['ratio_off']:.3f}",
+            "python -m bench.throughput",
+        ),
+        (
+            f"Throughput, service / raw diffusers, batching on ({t['max_batch']})",
+            ">= 3.5x",
+            f"{t['ratio_on']:.2f}x (raw batches: {t['raw_batch_headroom']:.2f}x)",
+            "python -m bench.throughput",
+        ),
+        (
+            "Per-job overhead p50 / p99, batching off",
+            "< 2 ms",
+            f"{off['overhead_p50_ms']:.2f} / {off['overhead_p99_ms']:.2f} ms",
+            "python -m bench.overhead",
+        ),
+        (
+            "Per-job overhead p50 / p99, batching on",
+            "< 2 ms",
+            f"{on['overhead_p50_ms']:.2f} / {on['overhead_p99_ms']:.2f} ms",
+            "python -m bench.overhead --max-batch 8",
+        ),
+    ]
+    for s in r["submit"]:
+        rows.append(
+            (
+                f"Submit p50 / p99, {s['concurrency']} clients",
+                "p99 < 10 ms at 64" if s is top else "",
+                f"{s['service_p50_ms']:.1f} / {s['service_p99_ms']:.1f} ms "
+                f"(bare {s['bare_p50_ms']:.1f} / {s['bare_p99_ms']:.1f})",
+                "python -m bench.submit",
+            )
+        )
+        rows.append(
+            (
+                f"Submits/s, {s['concurrency']} clients",
+                ">= 2,000" if s is top else "",
+                f"{s['service_rps']:.0f} ({100 * s['service_over_bare']:.0f}% of bare "
+                f"{s['bare_rps']:.0f})",
+                "python -m bench.submit",
+            )
+        )
+    rows += [
+        (
+            "Dispatch latency p50 / p99, idle worker",
+            "",
+            f"{d['p50_ms']:.1f} / {d['p99_ms']:.1f} ms",
+            "python -m bench.dispatch",
+        ),
+        (
+            "Worker RSS / bare pipeline",
+            "<= 1.1x",
+            f"{m['vs_bare']:.2f}x ({m['worker_warm_mb']:.0f} / {m['bare_mb']:.0f} MiB)",
+            "python -m bench.memory",
+        ),
+        (
+            f"Worker RSS growth over {m['jobs']} jobs",
+            "< 5%",
+            f"{100 * m['growth']:+.1f}%",
+            "python -m bench.memory",
+        ),
+    ]
+    lines = [
+        f"{r['machine']}; tiny-sd 64x64, {t['steps']} steps; {r['when']}",
+        "",
+        "| figure | goal | measured | command |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | `{d_}` |" for a, b, c, d_ in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the suite, print the table, write the results and the plot."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny runs: check, do not quote")
+    parser.add_argument("--replot", action="store_true", help="redraw from bench/results.json")
+    args = parser.parse_args()
+    route_library_logs()  # no progress bars from the model libraries
+    if args.replot:
+        results = json.loads((OUT / "results.json").read_text())
+    else:
+        results = run(args.quick)
+        (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = report(results)
+    (OUT / "results.md").write_text(table + "\n")
+    plot(results, Path("docs/benchmarks.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
