@@ -23,7 +23,7 @@ from worker.tiny_model import ensure_tiny_model
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[LocalStack]:
     ensure_tiny_model(model_cache)
     # One thread each: two workers share this machine's cores. Batching off: RQ's own job
-    # count then proves no job ran twice (batched jobs bypass it; see test_batching.py).
+    # count then proves no job ran twice (batched jobs bypass it; see test_micro_batching.py).
     env = {"OMP_NUM_THREADS": "1", "LDM_MAX_BATCH": "1"}
     with LocalStack(tmp_path_factory.mktemp("cluster"), model_cache, **env) as s:
         s.use_s3()

@@ -122,26 +122,26 @@ def test_a_job_canceled_mid_batch_ends_alone(
     queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
 ) -> None:
     storage = LocalStorage(tmp_path)
-    params = make_params(num_inference_steps=12)
+    params = make_params(num_inference_steps=40)
     first, victim, third = (
         submitted(queue, params.model_copy(update={"seed": s})) for s in (1, 2, 3)
     )
     take(queue, first)
     real_report = queue.store.report_progress
 
-    def cancel_at_step_two(jobs: list[str], step: int, worker: str) -> set[str]:
-        if step == 2:
-            queue.cancel(victim, MODEL)
+    def cancel_once_running(jobs: list[str], step: int, worker: str) -> set[str]:
+        if step >= 2 and not queue.store.get(victim).cancel_requested:
+            queue.cancel(victim, MODEL)  # the API's cancel, while the batch runs
         return real_report(jobs, step, worker)
 
-    queue.store.report_progress = cancel_at_step_two  # type: ignore[method-assign]
+    queue.store.report_progress = cancel_once_running  # type: ignore[method-assign]
     Runner(resident, queue.store, storage, max_batch=8).run(first, params)
     canceled = queue.store.get(victim)
     assert canceled.status is JobStatus.CANCELED and not canceled.images
-    assert canceled.progress.step < 12
+    assert canceled.progress.step < 40
     for job_id in (first, third):
         job = queue.store.get(job_id)
-        assert job.status is JobStatus.SUCCEEDED and job.progress.step == 12
+        assert job.status is JobStatus.SUCCEEDED and job.progress.step == 40
         assert stored(storage, job_id).size == (64, 64)
 
 
