@@ -114,6 +114,7 @@ class Runner:
             if task.params.mode == "image-to-image":
                 data = self.storage.get(init_image_key(task.job_id))
                 task.init_image = Image.open(io.BytesIO(data))
+                task.init_image.load()  # a bad file fails its own job here, not the batch
             self.pipeline.check(task.params, task.init_image)
             return task
         except InvalidInput as exc:
