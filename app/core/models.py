@@ -44,7 +44,7 @@ def _native_size_from_folder(folder: Path) -> int | None:
 # 24 GB card busy without running out of memory) of well-known checkpoints, for API replicas
 # that do not have the weights' files at hand. Anything else: its folder's config, else SD 1.x.
 _KNOWN: dict[str, tuple[int, int, float, int]] = {
-    TINY_MODEL: (64, 20, 7.5, 8),
+    TINY_MODEL: (64, 20, 7.5, 16),
     "stabilityai/sd-turbo": (512, 1, 0.0, 8),
     "stabilityai/sdxl-turbo": (512, 1, 0.0, 8),
     "stabilityai/stable-diffusion-2-1": (768, 30, 7.5, 4),
