@@ -72,7 +72,8 @@ def report(r: dict[str, Any]) -> str:
         (
             "Per-job overhead p50 / p99, batching off",
             "< 2 ms",
-            f"{off['overhead_p50_ms']:.2f} / {off['overhead_p99_ms']:.2f} ms",
+            f"{off['overhead_p50_ms']:.2f} / {off['overhead_p99_ms']:.2f} ms "
+            f"(RQ's share p50 {off['rq_p50_ms']:.2f} ms)",
             "python -m bench.overhead",
         ),
         (
@@ -117,7 +118,7 @@ def report(r: dict[str, Any]) -> str:
         (
             f"Worker RSS growth over {m['jobs']} jobs",
             "< 5%",
-            f"{100 * m['growth']:+.1f}%",
+            f"{100 * m['growth']:+.1f}% (second half {100 * m['growth_second_half']:+.1f}%)",
             "python -m bench.memory",
         ),
     ]

@@ -64,16 +64,21 @@ def measure(jobs: int = 2000) -> dict[str, Any]:
         start_mb = rss_mb(worker.pid)
         run_jobs(stack, WARM_JOBS)
         warm_mb = rss_mb(worker.pid)
-        run_jobs(stack, jobs - WARM_JOBS)
+        run_jobs(stack, jobs // 2 - WARM_JOBS)
+        half_mb = rss_mb(worker.pid)
+        run_jobs(stack, jobs - jobs // 2)
         end_mb = rss_mb(worker.pid)
     return {
         "jobs": jobs,
         "bare_mb": bare_mb,
         "worker_start_mb": start_mb,
         "worker_warm_mb": warm_mb,
+        "worker_half_mb": half_mb,
         "worker_end_mb": end_mb,
         "vs_bare": warm_mb / bare_mb,
         "growth": (end_mb - warm_mb) / warm_mb,
+        # A leak keeps growing; an allocator settling does not: compare the two halves.
+        "growth_second_half": (end_mb - half_mb) / half_mb,
     }
 
 
@@ -90,7 +95,9 @@ def main() -> None:
     print(
         f"bare pipeline {r['bare_mb']:.0f} MiB; worker {r['worker_start_mb']:.0f} MiB at start, "
         f"{r['worker_warm_mb']:.0f} after {WARM_JOBS} jobs ({r['vs_bare']:.2f}x bare), "
-        f"{r['worker_end_mb']:.0f} after {r['jobs']} (growth {100 * r['growth']:+.1f}%)"
+        f"{r['worker_half_mb']:.0f} after {r['jobs'] // 2}, {r['worker_end_mb']:.0f} after "
+        f"{r['jobs']} (growth {100 * r['growth']:+.1f}%, second half "
+        f"{100 * r['growth_second_half']:+.1f}%)"
     )
 
 
