@@ -27,7 +27,7 @@ def run(quick: bool) -> dict[str, Any]:
     }
     print("throughput ...", flush=True)
     results["throughput"] = throughput.measure(
-        jobs=8 if quick else 32, rounds=1 if quick else 3, steps=4 if quick else 20
+        jobs=8 if quick else 32, rounds=1 if quick else 5, steps=4 if quick else 20
     )
     print("overhead ...", flush=True)
     jobs = 30 if quick else 200

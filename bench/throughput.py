@@ -1,6 +1,6 @@
 """Service vs raw diffusers throughput, batching off and on, on the same tiny model in one run.
 
-    python -m bench.throughput [--jobs 32] [--rounds 3] [--steps 20]
+    python -m bench.throughput [--jobs 32] [--rounds 5] [--steps 20]
 
 The baseline is what a diffusers user gets: N single-image pipeline calls in this process.
 Each round times that baseline, then a burst of N jobs through the whole service (HTTP
@@ -77,7 +77,7 @@ def service_seconds(stack: LocalStack, jobs: int, steps: int) -> tuple[float, li
     return (ends[-1] - start).total_seconds(), gaps
 
 
-def measure(jobs: int = 32, rounds: int = 3, steps: int = 20) -> dict[str, Any]:
+def measure(jobs: int = 32, rounds: int = 5, steps: int = 20) -> dict[str, Any]:
     """Rounds of (raw, service) pairs with batching off, then on; ratios and their medians."""
     cache = Path(".cache/models").resolve()
     pipe = load_raw(cache)
@@ -107,7 +107,8 @@ def measure(jobs: int = 32, rounds: int = 3, steps: int = 20) -> dict[str, Any]:
                 print(
                     f"| {batching} | {round_} | {raw:.2f} | {service:.2f} | "
                     f"{1000 * raw / jobs:.0f} | {1000 * service / jobs:.0f} | "
-                    f"{raw / service:.3f} | {rows[-1]['per_job_ratio']:.3f} | "
+                    f"{raw / service:.3f} | "
+                    f"{rows[-1]['per_job_ratio'] if batching == 'off' else '-':.5} | "
                     f"{raw / batched:.2f} |",
                     flush=True,
                 )
@@ -132,7 +133,7 @@ def main() -> None:
     """Print a table per round and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     route_library_logs()  # no progress bars from the model libraries
