@@ -17,6 +17,7 @@ from bench.plot import plot
 from worker.libraries import route_library_logs
 
 OUT = Path("bench")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -132,6 +133,14 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def quote_in_readme(table: str, readme: Path = Path("README.md")) -> None:
+    """Put the table between the README's bench markers, so that it quotes this run."""
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+
+
 def main() -> None:
     """Run the suite, print the table, write the results and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -146,6 +155,7 @@ def main() -> None:
         (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report(results)
     (OUT / "results.md").write_text(table + "\n")
+    quote_in_readme(table)
     plot(results, Path("docs/benchmarks.png"))
     print(table)
 
