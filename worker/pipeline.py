@@ -128,8 +128,7 @@ class ResidentPipeline:
                 size = (params.width, params.height)
                 images += [init_image.resize(size, Image.Resampling.LANCZOS)] * params.num_images
             prompts += [params.prompt] * params.num_images
-            # "" is what diffusers uses for a missing negative prompt.
-            negatives += [params.negative_prompt or ""] * params.num_images
+            negatives += [params.negative_prompt] * params.num_images
             # CPU generators give the same noise for a seed on every device.
             generators += [
                 torch.Generator("cpu").manual_seed(params.seed + i)
@@ -137,7 +136,9 @@ class ResidentPipeline:
             ]
         kwargs: dict[str, Any] = {
             "prompt": prompts,
-            "negative_prompt": negatives,
+            # All or none (see `batch_key`): None lets each pipeline treat "no negative
+            # prompt" its own way.
+            "negative_prompt": None if first.negative_prompt is None else negatives,
             "num_inference_steps": first.num_inference_steps,
             "guidance_scale": first.guidance_scale,
             "generator": generators,

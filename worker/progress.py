@@ -45,11 +45,11 @@ class ProgressReporter:
         with self._lock:
             return self._canceled.intersection(job_ids)
 
-    def flush(self) -> None:
-        """Wait until every step reported so far is written (or given up on)."""
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every step reported so far is written (or given up on), or `timeout`."""
         with self._lock:
             self._lock.notify_all()
-            self._lock.wait_for(lambda: self._pending is None and not self._busy)
+            self._lock.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
     def forget(self, job_ids: Sequence[str]) -> None:
         """Drop what is known of jobs that have ended."""
@@ -68,7 +68,10 @@ class ProgressReporter:
             except RedisError:
                 # Redis is away (a restart, a failover): denoise on; progress resumes after.
                 log.warning("progress not recorded at step %s", step)
-            with self._lock:
-                self._canceled |= canceled
-                self._busy = False
-                self._lock.notify_all()
+            except Exception:
+                log.exception("progress not recorded at step %s", step)  # the thread lives on
+            finally:
+                with self._lock:
+                    self._canceled |= canceled
+                    self._busy = False
+                    self._lock.notify_all()

@@ -1,11 +1,8 @@
-"""Runs jobs on the resident pipeline, batched when it can, and records how each ended."""
+"""Runs jobs on the resident pipeline, batched when it can, and makes sure each one ends."""
 
 import gc
 import io
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -14,26 +11,22 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from app.core.batches import compatible_waiting
-from app.core.images import encode_image
-from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
+from app.core.jobs import JobParams
 from app.core.limits import ServiceRate
 from app.core.logs import bind, unbind
 from app.core.queue import rq_queue
-from app.core.storage import Storage, image_key, init_image_key
+from app.core.storage import Storage, init_image_key
 from app.core.store import Claim, JobStore
 from worker.finisher import Finisher
+from worker.outcomes import Outcomes, Task, durably
 from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
 from worker.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 
-# How long a finished job waits for Redis to come back (a failover takes seconds).
-REDIS_GRACE_S = 60.0
-
-
 class JobCanceled(Exception):
-    """Raised from the step callback when the client canceled the running job."""
+    """Raised from the step callback once every job of the batch was canceled."""
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -43,13 +36,19 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-@dataclass
-class Task:
-    """One job of a batch: its parameters and, for image-to-image, its decoded init image."""
-
-    job_id: str
-    params: JobParams
-    init_image: Image.Image | None = None
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """The code and message a job gets when `exc` ends it."""
+    if isinstance(exc, JobTimeoutException):
+        # The limit travels with the queued job (set by the API that accepted it).
+        rq_job = get_current_job()
+        return (
+            "timeout",
+            f"the job ran longer than {f'{rq_job.timeout} s' if rq_job else 'its time'}",
+        )
+    if isinstance(exc, Exception):
+        return "internal", "the worker failed to run the job"
+    # A forced shutdown (second SIGTERM, Ctrl-C) mid-job: say so rather than leave it running.
+    return "worker_lost", "the worker stopped during the job; submit again"
 
 
 class Runner:
@@ -69,9 +68,9 @@ class Runner:
         self.store = store
         self.storage = storage
         self.name = name
-        self.service_rate = service_rate
         self.max_batch = max_batch
         self.finisher = finisher  # None: finish each batch before returning
+        self.outcomes = Outcomes(store, storage, service_rate)
         self.progress = ProgressReporter(store, name)
 
     def rename(self, name: str) -> None:
@@ -80,12 +79,23 @@ class Runner:
 
     def run(self, job_id: str, params: JobParams) -> None:
         """Run the job, with compatible jobs waiting behind it, unless it was canceled first;
-        re-raise failures so RQ records them too."""
+        re-raise failures so RQ records them too. Every job started here ends, whatever
+        happens: those not handed to the finishing thread fail with the error's code."""
         token = bind(job_id=job_id)
+        claimed: list[Task] = []
+        handed_off: set[str] = set()
         try:
-            tasks = [self._prepare(task) for task in self._claim(job_id, params)]
-            if tasks := [task for task in tasks if task is not None]:
-                self._run(tasks)
+            claimed = self._claim(job_id, params)
+            tasks = [task for task in claimed if self._prepare(task)]
+            if tasks:
+                self._run(tasks, handed_off)
+        except BaseException as exc:
+            code, message = _failure(exc)
+            for task in claimed:
+                if task.job_id not in handed_off:
+                    self.outcomes.fail(task.job_id, code, message, self.name)
+                    self.outcomes.clean_up(task, self.name)
+            raise
         finally:
             unbind(token)
 
@@ -108,7 +118,7 @@ class Runner:
         everyone = [(job_id, params)] + [(claim.job_id, p) for claim, p in waiting]
         return [Task(job, p) for job, p in everyone if job in started]
 
-    def _prepare(self, task: Task) -> Task | None:
+    def _prepare(self, task: Task) -> bool:
         """Load and check what a job needs before it joins the batch; fail it if it cannot."""
         try:
             if task.params.mode == "image-to-image":
@@ -116,16 +126,18 @@ class Runner:
                 task.init_image = Image.open(io.BytesIO(data))
                 task.init_image.load()  # a bad file fails its own job here, not the batch
             self.pipeline.check(task.params, task.init_image)
-            return task
+            return True
         except InvalidInput as exc:
-            self._fail(task.job_id, "invalid_input", str(exc))
+            self.outcomes.fail(task.job_id, "invalid_input", str(exc), self.name)
         except Exception:
             log.exception("could not prepare job %s", task.job_id)
-            self._fail(task.job_id, "internal", "the worker failed to run the job")
-        self._clean_up(task)
-        return None
+            self.outcomes.fail(
+                task.job_id, "internal", "the worker failed to run the job", self.name
+            )
+        self.outcomes.clean_up(task, self.name)
+        return False
 
-    def _run(self, tasks: list[Task]) -> None:
+    def _run(self, tasks: list[Task], handed_off: set[str]) -> None:
         live = {task.job_id for task in tasks}  # those not canceled mid-run
         if len(tasks) > 1:
             log.info("running %d jobs as one batch", len(tasks))
@@ -138,139 +150,45 @@ class Runner:
             )
         except JobCanceled:
             pass  # each job was marked canceled as its flag was seen
-        except JobTimeoutException:
-            # The limit travels with the queued job (set by the API that accepted it).
-            rq_job = get_current_job()
-            limit = f"{rq_job.timeout} s" if rq_job else "its time"
-            self._fail_all(live, "timeout", f"the job ran longer than {limit}")
-            raise
         except Exception as exc:
             if not _is_out_of_memory(exc):
-                self._fail_all(live, "internal", "the worker failed to run the job")
-                raise
+                raise  # `run` fails the jobs still running
             out_of_memory = True
             if len(tasks) == 1:  # a batch is split instead: each job may fit alone
                 message = "not enough memory; ask for fewer, smaller images"
-                self._fail_all(live, "out_of_memory", message)
-        except BaseException:
-            # A forced shutdown (second SIGTERM, Ctrl-C) mid-job: say so rather than leave it
-            # running for ever.
-            self._fail_all(live, "worker_lost", "the worker stopped during the job; submit again")
-            raise
+                self.outcomes.fail(tasks[0].job_id, "out_of_memory", message, self.name)
         finally:
             self.progress.flush()  # no late step write after the final state
             self.progress.forget([task.job_id for task in tasks])
-            split = out_of_memory and len(tasks) > 1
-            for task in tasks:
-                if (outputs is None and not split) or task.job_id not in live:
-                    self._clean_up(task)
+        split = out_of_memory and len(tasks) > 1
+        for task in tasks:
+            if (outputs is None and not split) or task.job_id not in live:
+                self.outcomes.clean_up(task, self.name)
         if out_of_memory:
             # Only here, outside the except block, are the failed run's tensors unreferenced.
             gc.collect()
             free_memory(self.pipeline.device)
-            if split:
-                log.warning(
-                    "a batch of %d jobs ran out of memory; running them one by one", len(tasks)
-                )
-                for task in tasks:
-                    if task.job_id in live:
-                        self._run([task])
+        if split:
+            log.warning("a batch of %d jobs ran out of memory; running them one by one", len(tasks))
+            for task in tasks:
+                if task.job_id in live:
+                    self._run([task], handed_off)
         if outputs is not None:
             pairs = zip(tasks, outputs, strict=True)
             done = [(task, images) for task, images in pairs if task.job_id in live]
+            worker = self.name  # as it is now: a rename must not orphan these jobs
             if self.finisher is None:
-                self._store_results(done)
+                self.outcomes.succeed(done, worker)
             else:
-                self.finisher.submit(lambda: self._store_results(done))
-
-    def _store_results(self, done: list[tuple[Task, list[Image.Image]]]) -> None:
-        """Encode and store each job's images, then record its success."""
-        for task, images in done:
-            token = bind(job_id=task.job_id)
-            try:
-                infos = self._store_images(task, images)
-                self._durably(self.store.succeed, task.job_id, infos, self.name)
-            except Exception:
-                log.exception("could not store the images of job %s", task.job_id)
-                self._fail(task.job_id, "internal", "the worker could not store the images")
-            finally:
-                self._clean_up(task)
-                unbind(token)
-
-    def _clean_up(self, task: Task) -> None:
-        """Once a job has ended: its init image goes, and it counts as served."""
-        # Only while the job is still ours: if it was given to another worker (we looked
-        # dead), that run needs the init image.
-        if task.params.mode == "image-to-image" and self._still_ours(task.job_id):
-            self.storage.delete(init_image_key(task.job_id))
-        self._count_finished(task.job_id, task.params.model)
-
-    def _fail_all(self, job_ids: set[str], code: str, message: str) -> None:
-        for job_id in sorted(job_ids):
-            self._fail(job_id, code, message)
-
-    def _still_ours(self, job_id: str) -> bool:
-        try:
-            return self.store.worker_of(job_id) in (self.name, None)
-        except RedisError:
-            return False  # keep the file; result expiry removes it later
-
-    def _count_finished(self, job_id: str, model: str) -> None:
-        # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
-        if self.service_rate is not None:
-            try:
-                self.service_rate.record(model, job_id)
-            except RedisError:
-                log.warning("could not count job %s as finished", job_id)
-
-    def _fail(self, job_id: str, code: str, message: str) -> None:
-        log.warning("job %s failed: %s", job_id, code)
-        try:
-            self._durably(self.store.fail, job_id, JobError(code=code, message=message), self.name)
-        except RedisError:
-            # RQ's failure callback tries again once the exception reaches it.
-            log.exception("could not record the failure of job %s", job_id)
+                self.finisher.submit(lambda: self.outcomes.succeed(done, worker))
+            handed_off.update(task.job_id for task, _ in done)
 
     def _on_step(self, live: set[str], step: int) -> None:
         """After each denoising step: hand progress over, end jobs whose cancel was seen."""
         self.progress.report(tuple(live), step)
         for job_id in self.progress.canceled(tuple(live)):
-            live.discard(job_id)
-            self._durably(self.store.mark_canceled, job_id, self.name)
+            durably(self.store.mark_canceled, job_id, self.name)
+            live.discard(job_id)  # only once it says so: else `run` fails it
             log.info("job %s canceled", job_id)
         if not live:
             raise JobCanceled()
-
-    def _durably(self, write: Callable[..., bool], *args: object) -> bool:
-        """A terminal write, retried while Redis is away (up to `REDIS_GRACE_S`): the images
-        exist, only the record must still say so."""
-        deadline = time.monotonic() + REDIS_GRACE_S
-        delay = 0.1
-        while True:
-            try:
-                return write(*args)
-            except RedisError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("Redis away; retrying in %.1f s", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _store_images(self, task: Task, images: list[Image.Image]) -> list[ImageInfo]:
-        params = task.params
-        content_type = CONTENT_TYPES[params.output_format]
-        infos = []
-        for index, image in enumerate(images):
-            data = encode_image(image, params.output_format)
-            key = image_key(task.job_id, index, params.output_format)
-            self.storage.put(key, data, content_type)
-            infos.append(
-                ImageInfo(
-                    url=image_url(task.job_id, index),
-                    width=image.width,
-                    height=image.height,
-                    seed=params.seed + index,
-                    content_type=content_type,
-                )
-            )
-        return infos

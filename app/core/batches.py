@@ -13,9 +13,11 @@ LOOK_AHEAD = 32
 
 def batch_key(params: JobParams) -> tuple:
     """Jobs with equal keys run as one pipeline call: everything but prompts, seeds, image
-    counts and output format must match (the model is the queue's)."""
+    counts and output format must match (the model is the queue's). Having a negative prompt
+    or not matters too: some pipelines (SDXL) give no negative prompt zero embeddings."""
     return (
         params.mode,
+        params.negative_prompt is not None,
         params.width,
         params.height,
         params.num_inference_steps,

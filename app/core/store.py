@@ -53,21 +53,25 @@ return cur
 
 # Starts a batch in one step: the job the worker took from the queue through RQ (rq id '')
 # and compatible jobs still waiting, each taken only if it is still in the queue (so no
-# other worker and no cancel got it) and still queued. Returns the ids of the jobs started.
+# other worker and no cancel got it) and still queued. Returns the ids of the jobs started,
+# counting those already running on this worker: a client that retries the script after a
+# lost reply must not disown what the first run started.
 _CLAIM = """
 local started = {}
 local now = tonumber(redis.call('TIME')[1])
 for i = 0, #KEYS / 2 - 2 do
   local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local job_id, rq_id = ARGV[3 + 3 * i], ARGV[4 + 3 * i]
-  if rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1 then
-    if rq_id ~= '' then redis.call('DEL', rq_key) end
-    if redis.call('HGET', job_key, 'status') == 'queued' then
-      redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
-                 'total_steps', ARGV[5 + 3 * i], 'worker', ARGV[1])
-      redis.call('ZADD', KEYS[1], now, job_id)
-      started[#started + 1] = job_id
-    end
+  local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
+  if taken and rq_id ~= '' then redis.call('DEL', rq_key) end
+  local state = redis.call('HMGET', job_key, 'status', 'worker')
+  if taken and state[1] == 'queued' then
+    redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
+               'total_steps', ARGV[5 + 3 * i], 'worker', ARGV[1])
+    redis.call('ZADD', KEYS[1], now, job_id)
+    started[#started + 1] = job_id
+  elseif state[1] == 'running' and state[2] == ARGV[1] then
+    started[#started + 1] = job_id
   end
 end
 return started

@@ -26,7 +26,7 @@ def submit(queue: JobQueue, params: JobParams) -> str:
 def test_jobs_differing_only_in_prompt_seed_count_or_format_batch_together() -> None:
     base = make_params()
     same = [
-        make_params(prompt="a blue square", negative_prompt="blur"),
+        make_params(prompt="a blue square"),
         make_params(seed=7, num_images=3),
         make_params(output_format="webp"),
     ]
@@ -35,6 +35,7 @@ def test_jobs_differing_only_in_prompt_seed_count_or_format_batch_together() -> 
         make_params(num_inference_steps=5),
         make_params(guidance_scale=1.0),
         make_params(mode="image-to-image", strength=0.5),
+        make_params(negative_prompt="blur"),  # SDXL treats none and "" apart
     ]
     assert all(batch_key(p) == batch_key(base) for p in same)
     assert all(batch_key(p) != batch_key(base) for p in different)
@@ -98,3 +99,12 @@ def test_progress_for_a_batch_is_one_call_and_only_the_owner_writes(queue: JobQu
     assert [queue.store.get(job_id).progress.step for job_id in ids] == [2, 2, 2]
     queue.store.report_progress(ids, 3, "w-given-up-for-dead")
     assert [queue.store.get(job_id).progress.step for job_id in ids] == [2, 2, 2]
+
+
+def test_a_claim_retried_after_a_lost_reply_keeps_what_it_started(queue: JobQueue) -> None:
+    params = make_params()
+    job_id = submit(queue, params)
+    claims = [Claim(job_id, job_id, rq_queue(queue.redis, MODEL).key, 4)]
+    assert queue.store.claim("w1", claims) == [job_id]
+    assert queue.store.claim("w1", claims) == [job_id]  # redis-py's retry: still ours
+    assert queue.store.claim("w2", claims) == []

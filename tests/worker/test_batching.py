@@ -1,6 +1,7 @@
 """Micro-batching and overlapped finishing: real Redis, real storage, the tiny real pipeline."""
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,9 @@ def assert_same_within_float_noise(a: Image.Image, b: Image.Image) -> None:
 
 def test_a_batched_job_gets_the_images_it_gets_alone(resident: ResidentPipeline) -> None:
     jobs = [
-        make_params(prompt="a red circle", seed=1),
+        make_params(prompt="a red circle", negative_prompt="green", seed=1),
         make_params(prompt="a blue square", negative_prompt="blurry", seed=5, num_images=2),
-        make_params(prompt="a green triangle", seed=9),
+        make_params(prompt="a green triangle", negative_prompt="red", seed=9),
     ]
     batched = resident.generate_batch([(params, None) for params in jobs])
     assert [len(images) for images in batched] == [1, 2, 1]
@@ -145,10 +146,15 @@ def test_a_job_canceled_mid_batch_ends_alone(
         assert stored(storage, job_id).size == (64, 64)
 
 
+class UndeletableStorage(LocalStorage):
+    def delete(self, key: str) -> None:
+        raise OSError("storage down")
+
+
 def test_a_job_that_cannot_be_prepared_fails_alone(
     queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
 ) -> None:
-    storage = LocalStorage(tmp_path)
+    storage = UndeletableStorage(tmp_path)  # clean-up failing must not strand the batch
     params = make_params(mode="image-to-image", strength=0.5)
     first, second = submitted(queue, params), submitted(queue, params)
     for job_id in (first, second):
@@ -235,3 +241,20 @@ def test_a_batch_out_of_memory_runs_its_jobs_one_by_one(
     for job_id in (first, second):
         job = queue.store.get(job_id)
         assert job.status is JobStatus.SUCCEEDED and job.progress.step == 4
+
+
+def test_images_finished_after_a_rename_are_still_recorded(
+    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+) -> None:
+    finisher = Finisher()
+    released = threading.Event()
+    finisher.submit(released.wait)  # storage is slow: the job's finishing waits its turn
+    runner = Runner(resident, queue.store, LocalStorage(tmp_path), "w1", finisher=finisher)
+    job_id = submitted(queue, make_params())
+    take(queue, job_id)
+    runner.run(job_id, make_params())
+    runner.rename("w1-after-redis-came-back")  # what the worker does after losing Redis
+    released.set()
+    finisher.close()
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.worker == "w1"

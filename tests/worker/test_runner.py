@@ -153,6 +153,21 @@ def test_every_job_of_a_failed_batch_gets_the_failure(queue: JobQueue, tmp_path:
         assert job.status is JobStatus.FAILED and job.error.code == "out_of_memory"
 
 
+def test_an_error_mid_batch_ends_every_job_of_it(queue: JobQueue, tmp_path: Path) -> None:
+    params = make_params()
+    first, second = (
+        submitted(queue, params),
+        submitted(queue, params.model_copy(update={"seed": 7})),
+    )
+    rq_queue(queue.redis, MODEL).remove(first)
+    runner = Runner(Failing(KeyError("bug")), queue.store, LocalStorage(tmp_path), max_batch=8)
+    with pytest.raises(KeyError):
+        runner.run(first, params)
+    for job_id in (first, second):
+        job = queue.store.get(job_id)
+        assert job.status is JobStatus.FAILED and job.error.code == "internal"
+
+
 def test_a_forced_shutdown_mid_job_ends_it_as_worker_lost(queue: JobQueue, tmp_path: Path) -> None:
     params = make_params()
     job_id = submitted(queue, params)

@@ -1,0 +1,124 @@
+"""How a job ends, written so that it sticks: images stored, then the final state, durably."""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+from redis.exceptions import RedisError
+
+from app.core.images import encode_image
+from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
+from app.core.limits import ServiceRate
+from app.core.logs import bind, unbind
+from app.core.storage import Storage, image_key, init_image_key
+from app.core.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# How long a finished job waits for Redis to come back (a failover takes seconds).
+REDIS_GRACE_S = 60.0
+
+
+@dataclass
+class Task:
+    """One job of a batch: its parameters and, for image-to-image, its decoded init image."""
+
+    job_id: str
+    params: JobParams
+    init_image: Image.Image | None = None
+
+
+def durably(write: Callable[..., bool], *args: object) -> bool:
+    """A terminal write, retried while Redis is away (up to `REDIS_GRACE_S`): the images
+    exist, only the record must still say so."""
+    deadline = time.monotonic() + REDIS_GRACE_S
+    delay = 0.1
+    while True:
+        try:
+            return write(*args)
+        except RedisError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Redis away; retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class Outcomes:
+    """Records each job's end for the worker (named per call: it changes after Redis was lost,
+    and a finishing thread may still be writing for the old name)."""
+
+    def __init__(
+        self, store: JobStore, storage: Storage, service_rate: ServiceRate | None = None
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.service_rate = service_rate
+
+    def fail(self, job_id: str, code: str, message: str, worker: str) -> None:
+        """Fail the job if it is still running on `worker` (a no-op once it has ended)."""
+        try:
+            if durably(self.store.fail, job_id, JobError(code=code, message=message), worker):
+                log.warning("job %s failed: %s", job_id, code)
+        except RedisError:
+            # RQ's failure callback tries again for the job RQ gave us.
+            log.exception("could not record the failure of job %s", job_id)
+
+    def succeed(self, done: list[tuple[Task, list[Image.Image]]], worker: str) -> None:
+        """Encode and store each job's images, then record its success."""
+        for task, images in done:
+            token = bind(job_id=task.job_id)
+            try:
+                infos = self._store_images(task, images)
+                if not durably(self.store.succeed, task.job_id, infos, worker):
+                    log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
+            except Exception:
+                log.exception("could not store the images of job %s", task.job_id)
+                self.fail(task.job_id, "internal", "the worker could not store the images", worker)
+            finally:
+                self.clean_up(task, worker)
+                unbind(token)
+
+    def clean_up(self, task: Task, worker: str) -> None:
+        """Once a job has ended: its init image goes, and it counts as served. Never raises:
+        a leftover file goes with the job's expiry."""
+        try:
+            # Only while the job is still ours: if it was given to another worker (we looked
+            # dead), that run needs the init image.
+            if task.params.mode == "image-to-image" and self._still_ours(task.job_id, worker):
+                self.storage.delete(init_image_key(task.job_id))
+        except Exception:
+            log.exception("could not delete the init image of job %s", task.job_id)
+        if self.service_rate is not None:
+            # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
+            try:
+                self.service_rate.record(task.params.model, task.job_id)
+            except RedisError:
+                log.warning("could not count job %s as finished", task.job_id)
+
+    def _still_ours(self, job_id: str, worker: str) -> bool:
+        try:
+            return self.store.worker_of(job_id) in (worker, None)
+        except RedisError:
+            return False  # keep the file; result expiry removes it later
+
+    def _store_images(self, task: Task, images: list[Image.Image]) -> list[ImageInfo]:
+        params = task.params
+        content_type = CONTENT_TYPES[params.output_format]
+        infos = []
+        for index, image in enumerate(images):
+            data = encode_image(image, params.output_format)
+            key = image_key(task.job_id, index, params.output_format)
+            self.storage.put(key, data, content_type)
+            infos.append(
+                ImageInfo(
+                    url=image_url(task.job_id, index),
+                    width=image.width,
+                    height=image.height,
+                    seed=params.seed + index,
+                    content_type=content_type,
+                )
+            )
+        return infos
