@@ -24,9 +24,10 @@ from typing import Any
 from PIL import Image
 from redis import Redis
 
-from app.core.jobs import JobParams, new_job_id
+from app.core.jobs import JobCreate, JobParams, new_job_id
 from app.core.models import model_spec
 from app.core.queue import JobQueue
+from app.core.resolve import resolve_request
 from app.core.settings import Settings
 from app.core.store import JobStore
 from bench.dispatch import percentile
@@ -103,20 +104,8 @@ def measure(jobs: int = 200, steps: int = 20, max_batch: int = 1) -> dict[str, A
             pipeline.warm_up(spec, settings)
             redis = Redis.from_url(settings.redis_url)
             queue = JobQueue(redis, JobStore(redis, settings.result_ttl), settings.job_timeout)
-            params = JobParams(
-                prompt="a red circle",
-                negative_prompt=None,
-                mode="text-to-image",
-                strength=None,
-                width=64,
-                height=64,
-                num_inference_steps=steps,
-                guidance_scale=7.5,
-                num_images=1,
-                seed=0,
-                output_format="png",
-                model=spec.name,
-            )
+            request = JobCreate(prompt="a red circle", num_inference_steps=steps, seed=0)
+            params = resolve_request(request, spec, settings)
             for seed in range(jobs):
                 queue.submit(new_job_id(), params.model_copy(update={"seed": seed}), "bench")
             warm_calls = len(pipeline.calls)

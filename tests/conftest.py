@@ -8,7 +8,9 @@ import boto3
 import pytest
 from redis import Redis
 
+from app.core.queue import JobQueue
 from app.core.settings import Settings
+from app.core.store import JobStore
 from scripts.procs import free_port, start_redis, start_s3, stop
 
 
@@ -27,6 +29,12 @@ def redis(redis_url: str) -> Iterator[Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def queue(redis: Redis) -> JobQueue:
+    """The job store and queues on the test Redis, as the API and workers use them."""
+    return JobQueue(redis, JobStore(redis, result_ttl=600), job_timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Valid objects for tests to vary."""
 
-from app.core.jobs import JobParams
+from app.core.jobs import JobParams, new_job_id
+from app.core.queue import JobQueue
 
 
 def make_params(**changes: object) -> JobParams:
@@ -20,3 +21,10 @@ def make_params(**changes: object) -> JobParams:
         model="tiny-sd",
     )
     return JobParams(**(base | changes))
+
+
+def submitted(queue: JobQueue, params: JobParams) -> str:
+    """Submit a job as the API does (record and RQ job in one transaction); its id."""
+    job_id = new_job_id()
+    queue.submit(job_id, params, "t1")
+    return job_id

@@ -58,20 +58,23 @@ def serve(
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     while True:
-        worker = SimpleWorker(
-            [rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer
-        )
-        runner.rename(worker.name)
-        heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
-        heartbeat.start()
+        heartbeat = None
         try:
+            worker = SimpleWorker(
+                [rq_queue(redis, spec.name)], connection=redis, serializer=JSONSerializer
+            )
+            runner.rename(worker.name)
+            heartbeat = Heartbeat(WorkerRegistry(redis), spec.name, worker.name)
+            heartbeat.start()
             worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
             finisher.close()  # the last images are stored before the process exits
             return runner  # asked to stop (SIGTERM/SIGINT): the job in hand is done
         except RedisError:
-            # Redis went away between jobs, where RQ gives up (a restart, a failover): keep
-            # the loaded pipeline and start taking jobs again once it answers.
+            # Redis went away between jobs, where RQ gives up (a restart, a failover; even
+            # registering the worker needs it): keep the loaded pipeline and take jobs again
+            # once it answers.
             log.warning("lost Redis; taking jobs again in 1 s", exc_info=True)
             time.sleep(1)
         finally:
-            heartbeat.stop()
+            if heartbeat is not None:
+                heartbeat.stop()

@@ -1,26 +1,12 @@
 """Which waiting jobs join a batch, and how a batch starts: against a real Redis."""
 
-import pytest
-from redis import Redis
-
 from app.core.batches import batch_key, compatible_waiting
-from app.core.jobs import JobParams, JobStatus, new_job_id
+from app.core.jobs import JobStatus
 from app.core.queue import JobQueue, rq_queue
-from app.core.store import Claim, JobStore
-from tests.factories import make_params
+from app.core.store import Claim
+from tests.factories import make_params, submitted
 
 MODEL = "tiny-sd"
-
-
-@pytest.fixture
-def queue(redis: Redis) -> JobQueue:
-    return JobQueue(redis, JobStore(redis, result_ttl=3600), job_timeout=30)
-
-
-def submit(queue: JobQueue, params: JobParams) -> str:
-    job_id = new_job_id()
-    queue.submit(job_id, params, "t1")
-    return job_id
 
 
 def test_jobs_differing_only_in_prompt_seed_count_or_format_batch_together() -> None:
@@ -43,11 +29,11 @@ def test_jobs_differing_only_in_prompt_seed_count_or_format_batch_together() -> 
 
 def test_waiting_jobs_are_picked_oldest_first_within_the_room(queue: JobQueue) -> None:
     first = make_params()
-    a = submit(queue, make_params(seed=1, num_images=2))
-    submit(queue, make_params(width=128))  # incompatible: stays for another batch
-    b = submit(queue, make_params(seed=2, num_images=3))  # would overflow the room
-    c = submit(queue, make_params(seed=3))
-    d = submit(queue, make_params(seed=4))
+    a = submitted(queue, make_params(seed=1, num_images=2))
+    submitted(queue, make_params(width=128))  # incompatible: stays for another batch
+    b = submitted(queue, make_params(seed=2, num_images=3))  # would overflow the room
+    c = submitted(queue, make_params(seed=3))
+    d = submitted(queue, make_params(seed=4))
     picked = compatible_waiting(queue.redis, queue.store, first, room=4)
     assert [claim.job_id for claim, _ in picked] == [a, c, d]
     assert sum(params.num_images for _, params in picked) == 4
@@ -60,7 +46,7 @@ def test_nothing_waits_for_a_batch_to_fill(queue: JobQueue) -> None:
 
 def test_a_claim_starts_the_batch_and_takes_its_jobs_off_the_queue(queue: JobQueue) -> None:
     params = make_params()
-    taken_by_rq, waiting, other = (submit(queue, params) for _ in range(3))
+    taken_by_rq, waiting, other = (submitted(queue, params) for _ in range(3))
     rq = rq_queue(queue.redis, MODEL)
     rq.remove(taken_by_rq)  # as RQ's dequeue does
     claims = [
@@ -79,7 +65,7 @@ def test_a_claim_starts_the_batch_and_takes_its_jobs_off_the_queue(queue: JobQue
 
 def test_a_job_canceled_or_claimed_elsewhere_is_not_started_again(queue: JobQueue) -> None:
     params = make_params()
-    canceled, contested = submit(queue, params), submit(queue, params)
+    canceled, contested = submitted(queue, params), submitted(queue, params)
     queue.cancel(canceled, MODEL)
     key = rq_queue(queue.redis, MODEL).key
     assert queue.store.claim("w1", [Claim(contested, contested, key, 4)]) == [contested]
@@ -92,7 +78,7 @@ def test_a_job_canceled_or_claimed_elsewhere_is_not_started_again(queue: JobQueu
 def test_progress_for_a_batch_is_one_call_and_only_the_owner_writes(queue: JobQueue) -> None:
     params = make_params()
     key = rq_queue(queue.redis, MODEL).key
-    ids = [submit(queue, params) for _ in range(3)]
+    ids = [submitted(queue, params) for _ in range(3)]
     queue.store.claim("w1", [Claim(job_id, job_id, key, 4) for job_id in ids])
     queue.cancel(ids[1], MODEL)
     assert queue.store.report_progress(ids, 2, "w1") == {ids[1]}
@@ -103,7 +89,7 @@ def test_progress_for_a_batch_is_one_call_and_only_the_owner_writes(queue: JobQu
 
 def test_a_claim_retried_after_a_lost_reply_keeps_what_it_started(queue: JobQueue) -> None:
     params = make_params()
-    job_id = submit(queue, params)
+    job_id = submitted(queue, params)
     claims = [Claim(job_id, job_id, rq_queue(queue.redis, MODEL).key, 4)]
     assert queue.store.claim("w1", claims) == [job_id]
     assert queue.store.claim("w1", claims) == [job_id]  # redis-py's retry: still ours

@@ -5,32 +5,18 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
-from redis import Redis
 
-from app.core.jobs import JobParams, JobStatus, new_job_id
+from app.core.jobs import JobStatus
 from app.core.queue import JobQueue, rq_queue
 from app.core.storage import LocalStorage, image_key, init_image_key
-from app.core.store import JobStore
-from tests.factories import make_params
+from tests.factories import make_params, submitted
 from worker.finisher import Finisher
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 
 MODEL = "tiny-sd"
-
-
-@pytest.fixture
-def queue(redis: Redis) -> JobQueue:
-    return JobQueue(redis, JobStore(redis, result_ttl=600), job_timeout=30)
-
-
-def submitted(queue: JobQueue, params: JobParams) -> str:
-    job_id = new_job_id()
-    queue.submit(job_id, params, "t1")
-    return job_id
 
 
 def take(queue: JobQueue, job_id: str) -> None:

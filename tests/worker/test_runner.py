@@ -14,12 +14,11 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from app.core.jobs import JobParams, JobStatus, new_job_id
+from app.core.jobs import JobStatus
 from app.core.limits import ServiceRate
 from app.core.queue import JobQueue, rq_queue
 from app.core.storage import LocalStorage, ObjectNotFound, image_key, init_image_key
-from app.core.store import JobStore
-from tests.factories import make_params
+from tests.factories import make_params, submitted
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 
@@ -40,17 +39,6 @@ class Failing:
 
     def generate_batch(self, *args: object, **kwargs: object) -> list[list[Image.Image]]:
         raise self.error
-
-
-@pytest.fixture
-def queue(redis: Redis) -> JobQueue:
-    return JobQueue(redis, JobStore(redis, result_ttl=600), job_timeout=30)
-
-
-def submitted(queue: JobQueue, params: JobParams) -> str:
-    job_id = new_job_id()
-    queue.submit(job_id, params, "t1")
-    return job_id
 
 
 def test_success_stores_every_image_and_records_it(
