@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m scripts.run_local
 
-# Tests start their own redis-server and nginx; the packaging tests lint with docker-compose.
+# Tests start their own redis-server and nginx, drive the playground in headless chromium;
+# the packaging tests lint with docker-compose.
 system-deps:
-	bash scripts/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose nginx:nginx-light
+	bash scripts/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose nginx:nginx-light chromium:chromium
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -72,14 +72,33 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="runs of a job whose worker keeps dying")
 
+    # Webhooks (Standard Webhooks signing) and the OpenAI-compatible endpoint
+    webhook_secret: SecretStr | None = Field(
+        None, description="whsec_<base64> key that signs webhooks; unset refuses webhook_url"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="deliver to private, loopback and link-local addresses too"
+    )
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0],
+        description="seconds before each retry of a failed delivery, comma-separated",
+    )
+    webhook_timeout: float = Field(10, gt=0, description="seconds one delivery may take")
+    sync_wait_timeout: float = Field(
+        300, gt=0, description="seconds POST /v1/images/generations waits for its job"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="a worker serves Prometheus metrics on this port"
+    )
+
     api_keys: SecretStr | None = Field(
         None, description="comma-separated tenant:key pairs; unset means an open service"
     )
     log_level: str = "INFO"
 
-    @field_validator("models", "redis_sentinels", mode="before")
+    @field_validator("models", "redis_sentinels", "webhook_retry_delays", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str) and value.lstrip().startswith("["):
             return json.loads(value)
         if isinstance(value, str):
