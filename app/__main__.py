@@ -20,6 +20,9 @@ def main() -> None:
         http="httptools",
         log_level=settings.log_level.lower(),
         log_config=None,  # ours: JSON lines with request and job ids
+        # Event streams and synchronous generations never end by themselves: on shutdown they
+        # are cut inside Kubernetes' default 30 s grace (SSE clients resume by Last-Event-ID).
+        timeout_graceful_shutdown=20,
     )
 
 

@@ -684,3 +684,22 @@ def test_gpu_overlay_puts_a_real_model_on_a_gpu() -> None:
     # Everything else is the base's: same objects, same API.
     assert {key(doc) for doc in base.docs} <= {key(doc) for doc in gpu.docs}
     assert gpu.get("Deployment", "api") == base.get("Deployment", "api")
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_api_and_every_worker(rendered: Rendered) -> None:
+    for deployment in ["api", *rendered.workers()]:
+        template = rendered.get("Deployment", deployment)["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", deployment
+        assert annotations.get("prometheus.io/path", "/metrics") == "/metrics", deployment
+        container = rendered.container(deployment)
+        port = int(annotations["prometheus.io/port"])
+        assert port in [p["containerPort"] for p in container["ports"]], deployment
+        env = rendered.env(container)
+        if deployment == "api":
+            assert port == int(env.get("LDM_PORT", "8000"))
+        else:  # the worker serves its metrics only with the port set
+            assert int(env["LDM_WORKER_METRICS_PORT"]) == port, deployment

@@ -484,3 +484,11 @@ def test_api_imports_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_compose_workers_serve_metrics_on_the_compose_network(services: dict[str, dict]) -> None:
+    worker = services["worker"]
+    port = worker["environment"]["LDM_WORKER_METRICS_PORT"]
+    assert int(port) > 0
+    assert port in [str(exposed) for exposed in worker["expose"]]
+    assert not worker.get("ports"), "published ports would clash as workers scale out"

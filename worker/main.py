@@ -19,8 +19,10 @@ from app.core.workers import WorkerRegistry
 from worker import tasks
 from worker.finisher import Finisher
 from worker.heartbeat import Heartbeat
+from worker.metrics import WorkerMetrics
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
+from worker.webhooks import Deliverer
 
 log = logging.getLogger("worker")
 
@@ -46,6 +48,7 @@ def serve(
     """Take jobs for `spec` until asked to stop (or, with `burst`, until the queue is empty)."""
     store = JobStore(redis, settings.result_ttl)
     finisher = Finisher()
+    metrics = WorkerMetrics(spec.name, pipeline.device)
     runner = Runner(
         pipeline,
         store,
@@ -53,8 +56,12 @@ def serve(
         service_rate=ServiceRate(redis),
         max_batch=spec.max_batch,
         finisher=finisher,
+        metrics=metrics,
     )
     tasks.install(runner)
+    metrics.serve(settings.worker_metrics_port)  # off unless LDM_WORKER_METRICS_PORT is set
+    # Webhooks go out on a thread of their own; a job never waits for a receiver.
+    deliverer = Deliverer.start_if_enabled(settings, redis, store)
     # SimpleWorker runs jobs in this process: a fork would lose the resident pipeline (and
     # CUDA cannot be used after fork); its job timeout still works, by SIGALRM.
     while True:
@@ -68,6 +75,8 @@ def serve(
             heartbeat.start()
             worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
             finisher.close()  # the last images are stored before the process exits
+            if deliverer is not None:
+                deliverer.stop()  # sends what the last jobs booked, if it can
             return runner  # asked to stop (SIGTERM/SIGINT): the job in hand is done
         except RedisError:
             # Redis went away between jobs, where RQ gives up (a restart, a failover; even

@@ -9,11 +9,12 @@ from PIL import Image
 from redis.exceptions import RedisError
 
 from app.core.images import encode_image
-from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, image_url
+from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, JobStatus, image_url
 from app.core.limits import ServiceRate
 from app.core.logs import bind, unbind
 from app.core.storage import Storage, image_key, init_image_key
 from app.core.store import JobStore
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,23 @@ class Outcomes:
     and a finishing thread may still be writing for the old name)."""
 
     def __init__(
-        self, store: JobStore, storage: Storage, service_rate: ServiceRate | None = None
+        self,
+        store: JobStore,
+        storage: Storage,
+        service_rate: ServiceRate | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.service_rate = service_rate
+        self.metrics = metrics or WorkerMetrics("")
 
     def fail(self, job_id: str, code: str, message: str, worker: str) -> None:
         """Fail the job if it is still running on `worker` (a no-op once it has ended)."""
         try:
             if durably(self.store.fail, job_id, JobError(code=code, message=message), worker):
                 log.warning("job %s failed: %s", job_id, code)
+                self.metrics.job_ended(job_id, JobStatus.FAILED)
         except RedisError:
             # RQ's failure callback tries again for the job RQ gave us.
             log.exception("could not record the failure of job %s", job_id)
@@ -72,7 +79,9 @@ class Outcomes:
             token = bind(job_id=task.job_id)
             try:
                 infos = self._store_images(task, images)
-                if not durably(self.store.succeed, task.job_id, infos, worker):
+                if durably(self.store.succeed, task.job_id, infos, worker):
+                    self.metrics.job_ended(task.job_id, JobStatus.SUCCEEDED)
+                else:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
             except Exception:
                 log.exception("could not store the images of job %s", task.job_id)

@@ -3,6 +3,7 @@
 import gc
 import io
 import logging
+import time
 
 import torch
 from PIL import Image
@@ -11,13 +12,14 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from app.core.batches import compatible_waiting
-from app.core.jobs import JobParams
+from app.core.jobs import JobParams, JobStatus
 from app.core.limits import ServiceRate
 from app.core.logs import bind, unbind
 from app.core.queue import rq_queue
 from app.core.storage import Storage, init_image_key
 from app.core.store import Claim, JobStore
 from worker.finisher import Finisher
+from worker.metrics import WorkerMetrics
 from worker.outcomes import Outcomes, Task, durably
 from worker.pipeline import InvalidInput, ResidentPipeline, free_memory
 from worker.progress import ProgressReporter
@@ -63,6 +65,7 @@ class Runner:
         service_rate: ServiceRate | None = None,
         max_batch: int = 1,
         finisher: Finisher | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -70,7 +73,8 @@ class Runner:
         self.name = name
         self.max_batch = max_batch
         self.finisher = finisher  # None: finish each batch before returning
-        self.outcomes = Outcomes(store, storage, service_rate)
+        self.metrics = metrics or WorkerMetrics("")  # unserved unless the caller serves it
+        self.outcomes = Outcomes(store, storage, service_rate, self.metrics)
         self.progress = ProgressReporter(store, name)
 
     def rename(self, name: str) -> None:
@@ -143,11 +147,14 @@ class Runner:
             log.info("running %d jobs as one batch", len(tasks))
         outputs = None
         out_of_memory = False
+        started = time.perf_counter()
         try:
             outputs = self.pipeline.generate_batch(
                 [(task.params, task.init_image) for task in tasks],
                 on_step=lambda step: self._on_step(live, step),
             )
+            images = sum(task.params.num_images for task in tasks)
+            self.metrics.batch_done(images, time.perf_counter() - started)
         except JobCanceled:
             pass  # each job was marked canceled as its flag was seen
         except Exception as exc:
@@ -187,7 +194,8 @@ class Runner:
         """After each denoising step: hand progress over, end jobs whose cancel was seen."""
         self.progress.report(tuple(live), step)
         for job_id in self.progress.canceled(tuple(live)):
-            durably(self.store.mark_canceled, job_id, self.name)
+            if durably(self.store.mark_canceled, job_id, self.name):
+                self.metrics.job_ended(job_id, JobStatus.CANCELED)
             live.discard(job_id)  # only once it says so: else `run` fails it
             log.info("job %s canceled", job_id)
         if not live:

@@ -6,9 +6,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.api.metrics import Metrics
 from app.core.errors import Unauthorized
+from app.core.events import JobEvents
 from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import ModelSpec
 from app.core.queue import JobQueue
@@ -25,6 +27,9 @@ class Services:
 
     settings: Settings
     redis: Redis
+    # For what waits on Redis (live events, synchronous generations) without holding a thread.
+    aredis: AsyncRedis
+    events: JobEvents
     store: JobStore
     queue: JobQueue
     storage: Storage

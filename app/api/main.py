@@ -8,19 +8,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.cluster_metrics import ClusterCollector
 from app.api.context import RequestContext
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit, JsonBodies
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.openapi import document_limits
-from app.api.routes import jobs, service
+from app.api.routes import events, images, jobs, playground, service
+from app.core.events import JobEvents
 from app.core.expiry import sweep_expired
 from app.core.limits import RateLimiter, ServiceRate
 from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.recovery import recover_lost_jobs
-from app.core.redis_client import connect
+from app.core.redis_client import connect, connect_async
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_storage
 from app.core.store import JobStore
@@ -34,9 +36,13 @@ def build_services(settings: Settings) -> Services:
     """Connect to Redis and storage; nothing is contacted until the first request."""
     redis = connect(settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
     store = JobStore(redis, settings.result_ttl)
+    # Blocking reads wait up to a second (events.IDLE_MS): the socket timeout must exceed it.
+    aredis = connect_async(settings, socket_connect_timeout=2, socket_timeout=10)
     return Services(
         settings=settings,
         redis=redis,
+        aredis=aredis,
+        events=JobEvents(aredis),
         store=store,
         # Behind Sentinel, a job counts as accepted once a replica has it too.
         queue=JobQueue(
@@ -45,7 +51,7 @@ def build_services(settings: Settings) -> Services:
         storage=open_storage(settings),
         models={name: model_spec(settings, name) for name in settings.models},
         default_model=settings.model,
-        metrics=Metrics(),
+        metrics=Metrics(ClusterCollector(redis, settings.models)),
         workers=WorkerRegistry(redis),
         api_keys=ApiKeys(settings.api_keys),
         service_rate=ServiceRate(redis),
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         services.redis.close()
+        await services.aredis.aclose()
 
     app = FastAPI(
         title="ldm-serve",
@@ -103,7 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(images.router)
     app.include_router(service.router)
+    app.include_router(playground.router)
     document_limits(app, services.settings)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)

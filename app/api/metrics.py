@@ -3,14 +3,16 @@
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
-    """The service's metrics: HTTP traffic, submitted jobs, queue depth, live workers."""
+    """The service's metrics: HTTP traffic and submitted jobs of this replica, plus what
+    `collectors` report at each scrape (the cluster's queues and workers: see cluster_metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *collectors: Collector) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ldm_http_requests",
@@ -28,15 +30,8 @@ class Metrics:
         self.jobs_submitted = Counter(
             "ldm_jobs_submitted", "Jobs accepted", ["model"], registry=self.registry
         )
-        self.queue_depth = Gauge(
-            "ldm_queue_depth", "Jobs waiting per model", ["model"], registry=self.registry
-        )
-        self.live_workers = Gauge(
-            "ldm_live_workers",
-            "Workers heard from in the last 30 s",
-            ["model"],
-            registry=self.registry,
-        )
+        for collector in collectors:
+            self.registry.register(collector)
 
 
 class MetricsMiddleware:

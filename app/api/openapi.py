@@ -20,9 +20,13 @@ def document_limits(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()  # caches itself in app.openapi_schema
-            fields = schema["components"]["schemas"]["JobCreate"]["properties"]
-            for name, maximum in maxima.items():
-                for branch in fields[name].get("anyOf", [fields[name]]):
+            components = schema["components"]["schemas"]
+            fields = components["JobCreate"]["properties"]
+            # The OpenAI-compatible request names the image count `n`.
+            bounded = [(fields[name], maximum) for name, maximum in maxima.items()]
+            bounded.append((components["ImageGenerate"]["properties"]["n"], settings.max_images))
+            for field, maximum in bounded:
+                for branch in field.get("anyOf", [field]):
                     if branch.get("type") == "integer":
                         branch["maximum"] = maximum
         return app.openapi_schema

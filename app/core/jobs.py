@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 MAX_SEED = 2**32 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["text-to-image", "image-to-image"]
+WebhookEvent = Literal["start", "progress", "completed"]
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -53,6 +54,29 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent.")
     output_format: OutputFormat = "png"
     model: str | None = Field(None, description="A served model; the server default when absent.")
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that receives the job's events, signed as Standard Webhooks.",
+    )
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=lambda: ["completed"],
+        min_length=1,
+        description="Events sent to webhook_url: completed (any end), start, progress.",
+    )
+
+    def webhook(self) -> "Webhook | None":
+        """The webhook the client asked for, if any."""
+        if self.webhook_url is None:
+            return None
+        return Webhook(url=self.webhook_url, events=sorted(set(self.webhook_events)))
+
+
+class Webhook(BaseModel):
+    """Where a job's events go, and which."""
+
+    url: str
+    events: list[WebhookEvent]
 
 
 class JobParams(BaseModel):

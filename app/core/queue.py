@@ -11,7 +11,7 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from app.core.errors import FieldError, InvalidRequest, NotDurable
-from app.core.jobs import JobParams, JobStatus, rq_job_id
+from app.core.jobs import JobParams, JobStatus, Webhook, rq_job_id
 from app.core.models import queue_name
 from app.core.store import JobStore
 
@@ -106,6 +106,7 @@ class JobQueue:
         params: JobParams,
         tenant: str,
         idempotency: Idempotency | None = None,
+        webhook: Webhook | None = None,
     ) -> Submitted:
         """`submit`, telling also what the transaction wrote: the new job's creation time and
         its place in the queue right after it joined (so the caller need not read them back)."""
@@ -119,7 +120,7 @@ class JobQueue:
                         if earlier is not None:
                             return Submitted(earlier)
                     self.enqueue_attempt(job_id, params, pipe)
-                    self.store.create(job_id, params, tenant, pipe)
+                    self.store.create(job_id, params, tenant, pipe, webhook)
                     if idempotency is not None:
                         pipe.set(
                             idempotency.redis_key(tenant),

@@ -10,7 +10,7 @@ from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from app.core.jobs import JobError, JobParams, rq_job_id
+from app.core.jobs import JobError, JobParams, JobStatus, rq_job_id
 from app.core.queue import JobQueue, rq_queue
 from app.core.store import RUNNING_KEY
 from app.core.workers import GONE_AFTER_S, WorkerRegistry
@@ -33,6 +33,7 @@ def _next_attempt(
     key = queue.store.key(job_id)
     pipe.hset(key, mapping={"status": "queued", "attempt": attempt + 1, "worker": "", "step": 0})
     pipe.hdel(key, "started_at", "total_steps")
+    queue.store.note_status(job_id, JobStatus.QUEUED, pipe)
     pipe.zrem(RUNNING_KEY, job_id)
     pipe.lrem(rq.intermediate_queue_key, 0, old_id)
     if old is not None:

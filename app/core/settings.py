@@ -1,5 +1,6 @@
 """Service settings: one class, read from `LDM_*` environment variables by API and worker."""
 
+import base64
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -103,6 +104,25 @@ class Settings(BaseSettings):
             return json.loads(value)
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused at start, not at the first delivery: API and workers must agree on it.
+        if value is None or not value.get_secret_value():
+            return None  # unset, or set empty (as compose passes an unset variable): off
+        key = value.get_secret_value().removeprefix("whsec_")
+        try:
+            valid = len(base64.b64decode(key, validate=True)) >= 24
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(
+                "must be whsec_ and the base64 of at least 24 random bytes; make one with: "
+                "python -c \"import base64,os;print('whsec_'+base64.b64encode(os.urandom(32))"
+                '.decode())"'
+            )
         return value
 
     @model_validator(mode="after")

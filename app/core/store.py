@@ -9,87 +9,8 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.job import Job as RQJob
 
-from app.core.jobs import ImageInfo, Job, JobError, JobParams, JobStatus, Progress
-
-# Moves a job from one of the allowed states to a new one, atomically, so that a cancel and
-# a worker picking the job up can never both win; with a worker named, only while that worker
-# owns the job (a worker given up for dead cannot end a job that runs again elsewhere).
-# Running jobs are indexed for the lost-job check; a terminal state starts the record's TTL
-# and books its files for the expiry sweep. Returns {1, old} or {0, current or ''}.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, ''} end
-if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[5] then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
-if ARGV[2] == 'running' then
-  redis.call('ZADD', KEYS[3], tonumber(redis.call('TIME')[1]), ARGV[4])
-else
-  redis.call('ZREM', KEYS[3], ARGV[4])
-end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('ZADD', KEYS[2], tonumber(redis.call('TIME')[1]) + ARGV[3], ARGV[4])
-end
-return {1, cur}
-"""
-
-# A queued job is canceled at once and leaves the queue; a running one gets a flag that the
-# worker reads at its next denoising step. Returns the state the job was in ('' if unknown).
-_CANCEL = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return '' end
-if cur == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('ZADD', KEYS[4], tonumber(redis.call('TIME')[1]) + ARGV[2], ARGV[3])
-  redis.call('LREM', KEYS[2], 0, ARGV[4])
-  redis.call('DEL', KEYS[3])
-elseif cur == 'running' then
-  redis.call('HSET', KEYS[1], 'cancel', '1')
-end
-return cur
-"""
-
-# Starts a batch in one step: the job the worker took from the queue through RQ (rq id '')
-# and compatible jobs still waiting, each taken only if it is still in the queue (so no
-# other worker and no cancel got it) and still queued. Returns the ids of the jobs started,
-# counting those already running on this worker: a client that retries the script after a
-# lost reply must not disown what the first run started.
-_CLAIM = """
-local started = {}
-local now = tonumber(redis.call('TIME')[1])
-for i = 0, #KEYS / 2 - 2 do
-  local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local job_id, rq_id = ARGV[3 + 3 * i], ARGV[4 + 3 * i]
-  local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
-  if taken and rq_id ~= '' then redis.call('DEL', rq_key) end
-  local state = redis.call('HMGET', job_key, 'status', 'worker')
-  if taken and state[1] == 'queued' then
-    redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
-               'total_steps', ARGV[5 + 3 * i], 'worker', ARGV[1])
-    redis.call('ZADD', KEYS[1], now, job_id)
-    started[#started + 1] = job_id
-  elseif state[1] == 'running' and state[2] == ARGV[1] then
-    started[#started + 1] = job_id
-  end
-end
-return started
-"""
-
-# Records a finished step for each job of a batch still running on this worker, and reads
-# their cancel flags, in one round trip. Returns a 1 per job whose cancel was requested.
-_PROGRESS = """
-local canceled = {}
-for i, key in ipairs(KEYS) do
-  local state = redis.call('HMGET', key, 'status', 'worker', 'cancel')
-  if state[1] == 'running' and (ARGV[2] == '' or state[2] == ARGV[2]) then
-    redis.call('HSET', key, 'step', ARGV[1])
-  end
-  canceled[i] = state[3] == '1' and 1 or 0
-end
-return canceled
-"""
+from app.core import store_scripts
+from app.core.jobs import ImageInfo, Job, JobError, JobParams, JobStatus, Progress, Webhook
 
 # Job ids by the time their record expires, so that their files can be deleted then too.
 EXPIRY_KEY = "ldm:expiry"
@@ -118,28 +39,48 @@ class JobStore:
     def __init__(self, redis: Redis, result_ttl: int) -> None:
         self.redis = redis
         self.result_ttl = result_ttl
-        self._transition_script = redis.register_script(_TRANSITION)
-        self._cancel_script = redis.register_script(_CANCEL)
-        self._claim_script = redis.register_script(_CLAIM)
-        self._progress_script = redis.register_script(_PROGRESS)
+        self._transition_script = redis.register_script(store_scripts.TRANSITION)
+        self._cancel_script = redis.register_script(store_scripts.CANCEL)
+        self._claim_script = redis.register_script(store_scripts.CLAIM)
+        self._progress_script = redis.register_script(store_scripts.PROGRESS)
 
     @staticmethod
     def key(job_id: str) -> str:
         """The Redis hash of a job."""
         return f"ldm:job:{job_id}"
 
-    def create(self, job_id: str, params: JobParams, tenant: str, pipe: Pipeline) -> None:
+    @staticmethod
+    def events_key(job_id: str) -> str:
+        """The Redis stream of a job's events (see `store_scripts`)."""
+        return f"ldm:job:{job_id}:events"
+
+    def create(
+        self,
+        job_id: str,
+        params: JobParams,
+        tenant: str,
+        pipe: Pipeline,
+        webhook: Webhook | None = None,
+    ) -> None:
         """Write a new `queued` record (as part of the caller's submit transaction)."""
-        pipe.hset(
-            self.key(job_id),
-            mapping={
-                "status": JobStatus.QUEUED.value,
-                "model": params.model,
-                "created_at": _now(),
-                "request": params.model_dump_json(),
-                "tenant": tenant,
-            },
-        )
+        record = {
+            "status": JobStatus.QUEUED.value,
+            "model": params.model,
+            "created_at": _now(),
+            "request": params.model_dump_json(),
+            "tenant": tenant,
+        }
+        if webhook is not None:
+            record |= {"webhook_url": webhook.url, "webhook_events": ",".join(webhook.events)}
+        pipe.hset(self.key(job_id), mapping=record)
+        self.note_status(job_id, JobStatus.QUEUED, pipe)
+
+    def note_status(self, job_id: str, status: JobStatus, pipe: Pipeline) -> None:
+        """Announce a state change made outside the Lua steps (submit, a rerun after a lost
+        worker) on the job's event stream, in the caller's transaction."""
+        key = self.events_key(job_id)
+        pipe.xadd(key, {"type": "status", "status": status.value}, maxlen=200, approximate=True)
+        pipe.expire(key, self.result_ttl)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job | None:
         """The job as clients see it (without queue position); None if unknown or, when
@@ -175,7 +116,7 @@ class JobStore:
         **fields: str,
     ) -> bool:
         ttl = self.result_ttl if to.is_terminal() else 0
-        args = [",".join(s.value for s in allowed), to.value, ttl, job_id, owner]
+        args = [",".join(s.value for s in allowed), to.value, ttl, job_id, owner, self.result_ttl]
         for name, value in fields.items():
             args += [name, value]
         keys = [self.key(job_id), EXPIRY_KEY, RUNNING_KEY]
@@ -198,7 +139,7 @@ class JobStore:
         """Start a batch on `worker` in one round trip: queued → running for each job still
         there to take (see `Claim`); returns the ids of the jobs started, in order."""
         keys = [RUNNING_KEY, jobs[0].queue_key]
-        args = [worker, _now()]
+        args = [worker, _now(), self.result_ttl]
         for job in jobs:
             keys += [self.key(job.job_id), RQJob.key_for(job.rq_id) if job.rq_id else ""]
             args += [job.job_id, job.rq_id, job.total_steps]
@@ -208,7 +149,7 @@ class JobStore:
         """Record a finished denoising step for jobs running on `worker`; returns those whose
         cancel was requested (one round trip for a whole batch)."""
         keys = [self.key(job_id) for job_id in job_ids]
-        flags = self._progress_script(keys=keys, args=[step, worker])
+        flags = self._progress_script(keys=keys, args=[step, worker, self.result_ttl, *job_ids])
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 
     def succeed(self, job_id: str, images: list[ImageInfo], worker: str = "") -> bool:

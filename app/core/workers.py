@@ -17,6 +17,11 @@ class WorkerRegistry:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
+    @staticmethod
+    def key(model: str) -> str:
+        """The sorted set of `model`'s workers, scored by their last beat (Redis' clock)."""
+        return _key(model)
+
     def beat(self, model: str, worker: str, now: float | None = None) -> None:
         """Say `worker` is alive and serving `model`; also drops workers long silent."""
         now = self._now() if now is None else now

@@ -83,6 +83,8 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "/readyz",
         "/metrics",
         "/v1/models",
+        "/v1/jobs/{job_id}/events",
+        "/v1/images/generations",
     }
     create = spec["components"]["schemas"]["JobCreate"]
     assert create["additionalProperties"] is False
@@ -99,6 +101,8 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "seed",
         "output_format",
         "model",
+        "webhook_url",
+        "webhook_events",
     }
     assert create["required"] == ["prompt"]
     assert create["properties"]["strength"]["default"] == 0.8

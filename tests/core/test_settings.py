@@ -71,3 +71,18 @@ def test_model_spec_of_well_known_and_unknown_hub_models() -> None:
     assert model_spec(Settings(model="stabilityai/stable-diffusion-2-1")).native_size == 768
     unknown = model_spec(Settings(model="someone/their-finetune"))
     assert (unknown.native_size, unknown.default_steps) == (512, 30)
+
+
+@pytest.mark.parametrize("secret", ["hunter2", "whsec_abc", "whsec_" + "A" * 8, "whsec_!!!!"])
+def test_a_webhook_secret_must_be_a_standard_webhooks_key(secret: str) -> None:
+    with pytest.raises(ValidationError, match="whsec_"):
+        Settings(webhook_secret=secret)
+
+
+def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LDM_WEBHOOK_SECRET", "whsec_" + "QUJD" * 11)
+    monkeypatch.setenv("LDM_WEBHOOK_RETRY_DELAYS", "1, 2.5,10")
+    settings = Settings()
+    assert settings.webhook_retry_delays == [1.0, 2.5, 10.0]
+    assert settings.webhook_secret.get_secret_value() == "whsec_" + "QUJD" * 11
+    assert not settings.webhook_allow_private

@@ -33,12 +33,7 @@ def readyz(services: ServicesDep) -> Health | JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics in the text exposition format."""
-    for spec in services.models.values():
-        try:
-            services.metrics.queue_depth.labels(spec.name).set(services.queue.depth(spec.name))
-            services.metrics.live_workers.labels(spec.name).set(services.workers.live(spec.name))
-        except RedisError:
-            pass  # A scrape must not fail because Redis is down; readyz says so.
+    # Cluster figures are read from Redis as the registry is collected (cluster_metrics).
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,0 +1,76 @@
+"""Request and response shapes of the OpenAI-compatible Images API (`/v1/images/generations`)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.jobs import MAX_SEED, OutputFormat, Prompt
+
+
+class ImageGenerate(BaseModel):
+    """OpenAI's `images.generate` body. Fields this service cannot honour but that change
+    nothing about the picture (`quality`, `style`, `user`, ...) are accepted and ignored;
+    anything else unknown is refused, as OpenAI does. `seed`, `negative_prompt`,
+    `num_inference_steps` and `guidance_scale` are this service's extensions (send them with
+    the openai package's `extra_body`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: Prompt = Field(description="What to draw; 1..2000 characters after trimming.")
+    model: str | None = Field(None, description="A served model; the server default when absent.")
+    n: int | None = Field(None, ge=1, description="How many images; 1..max_images, default 1.")
+    size: str | None = Field(
+        None,
+        description='"WIDTHxHEIGHT" (e.g. "512x512"; multiples of 8 within the limits of '
+        '/v1/models), or "auto" for the model\'s native size (the default).',
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(
+        None, description='"url" (default): links to the images; "b64_json": the bytes inline.'
+    )
+    output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp.")
+    # Accepted for compatibility; they do not change what this service does.
+    quality: str | None = Field(None, description="Ignored.")
+    style: str | None = Field(None, description="Ignored.")
+    user: str | None = Field(None, description="Ignored.")
+    safety_identifier: str | None = Field(None, description="Ignored.")
+    moderation: Literal["low", "auto"] | None = Field(None, description="Ignored.")
+    background: Literal["auto", "opaque"] | None = Field(
+        None, description="Ignored; transparent backgrounds are not supported."
+    )
+    output_compression: int | None = Field(None, ge=0, le=100, description="Ignored.")
+    complexity: str | None = Field(None, description="Ignored.")
+    stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
+    # Extensions: the knobs of POST /v1/jobs that OpenAI's shape lacks.
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent.")
+    negative_prompt: str | None = Field(None, max_length=2000)
+    num_inference_steps: int | None = Field(None, ge=1, description="Defaults to the model's.")
+    guidance_scale: float | None = Field(None, ge=0, le=30, description="Defaults to the model's.")
+
+
+class ImageData(BaseModel):
+    """One generated image: a `url` or its `b64_json` bytes, as `response_format` asked."""
+
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    """OpenAI's `ImagesResponse`."""
+
+    created: int = Field(description="When the images were made, Unix seconds.")
+    data: list[ImageData]
+    output_format: OutputFormat
+    size: str = Field(description='"WIDTHxHEIGHT" of every image.')
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, server_error or requests")
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(description="A machine-readable reason, e.g. invalid_value.")
+
+
+class OpenAIError(BaseModel):
+    """The error body of the OpenAI-compatible routes (instead of problem+json)."""
+
+    error: OpenAIErrorDetail

@@ -1,0 +1,117 @@
+"""Submitting and reading jobs, shared by every route that creates or waits for one."""
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+from app.api.deps import Services
+from app.core.errors import FieldError, InvalidRequest, JobNotFound, QueueFull, RateLimited
+from app.core.images import decode_init_image, to_png
+from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Webhook, new_job_id
+from app.core.logs import annotate
+from app.core.queue import Idempotency
+from app.core.resolve import resolve_request, select_model
+from app.core.settings import Settings
+from app.core.storage import init_image_key
+from app.core.webhooks import check_webhook_url
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted job, and whether it is an earlier one returned for an idempotent retry."""
+
+    job: Job
+    replayed: bool
+
+    @property
+    def location(self) -> str:
+        """The job's URL path, for a `Location` header."""
+        return f"/v1/jobs/{self.job.id}"
+
+
+def load_job(services: Services, job_id: str, tenant: str) -> Job:
+    """The tenant's job with its live queue position; `JobNotFound` for unknown or malformed
+    ids and for other tenants' jobs alike (404, never 403: ids of others do not leak)."""
+    valid = re.fullmatch(JOB_ID_PATTERN, job_id)
+    if valid:
+        annotate(job_id=job_id)
+    job = services.store.get(job_id, tenant) if valid else None
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
+    if job.status is JobStatus.QUEUED:
+        position = services.queue.position(job_id, job.model, job.attempt)
+        # Popped by a worker but not yet started: it is next, not gone.
+        job.queue_position = 0 if position is None else position
+    return job
+
+
+def checked_webhook(body: JobCreate, settings: Settings) -> Webhook | None:
+    """The webhook a request asks for, once the service can sign for it and its URL is a
+    public http(s) address (or private ones are allowed); `InvalidRequest` otherwise."""
+    webhook = body.webhook()
+    problem = None
+    if webhook is not None and settings.webhook_secret is None:
+        problem = "webhooks are off on this server: its operator has not set LDM_WEBHOOK_SECRET"
+    elif webhook is not None:
+        problem = check_webhook_url(webhook.url, settings.webhook_allow_private)
+    if problem:
+        raise InvalidRequest([FieldError("body.webhook_url", problem)])
+    return webhook
+
+
+def submit(
+    services: Services, tenant: str, body: JobCreate, idempotency_key: str | None = None
+) -> Submission:
+    """Validate, resolve and enqueue a job for `tenant` (blocking: Redis and storage calls).
+
+    With an idempotency key, a retry of the same body returns the same job, never a second
+    one. Raises `ServiceError`s (invalid request, rate limited, queue full, not durable)."""
+    settings = services.settings
+    idempotency = None
+    if idempotency_key is not None:
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        idempotency = Idempotency(idempotency_key, fingerprint)
+        if earlier := services.queue.find(tenant, idempotency):
+            return Submission(load_job(services, earlier, tenant), replayed=True)
+    if services.rate_limiter and (wait := services.rate_limiter.acquire(tenant)) is not None:
+        raise RateLimited(
+            f"more than {settings.rate_limit:g} submits/s; retry later", math.ceil(wait)
+        )
+    spec = select_model(body.model, services.models, services.default_model)
+    init_image = None
+    if body.init_image is not None:
+        init_image = decode_init_image(
+            body.init_image, settings.max_init_image_bytes, settings.max_init_image_pixels
+        )
+    params = resolve_request(body, spec, settings, init_image.size if init_image else None)
+    webhook = checked_webhook(body, settings)
+    if (depth := services.queue.depth(spec.name)) >= settings.max_queue_length:
+        # Come back when the queue has drained below the cap at the rate it drains now.
+        wait = services.service_rate.retry_after(spec.name, depth - settings.max_queue_length + 1)
+        raise QueueFull(f"{spec.name} has {depth} jobs waiting; retry later", wait)
+    job_id = new_job_id()
+    annotate(job_id=job_id)
+    if init_image is not None:
+        # Workers read a normalised PNG from storage; the queue payload stays small.
+        services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
+    submitted = None
+    try:
+        submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook)
+    finally:
+        if init_image is not None and (submitted is None or submitted.job_id != job_id):
+            services.storage.delete(init_image_key(job_id))  # no job will ever own it
+    if submitted.job_id != job_id:  # a concurrent duplicate on another replica won
+        return Submission(load_job(services, submitted.job_id, tenant), replayed=True)
+    services.queue.await_replicas(job_id)  # the job (and its init image) stay if this fails
+    services.metrics.jobs_submitted.labels(spec.name).inc()
+    # The record just written, as `load_job` would read it back (without a round trip).
+    job = Job(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        model=params.model,
+        created_at=submitted.created_at,
+        queue_position=submitted.queue_position,
+        request=params,
+    )
+    return Submission(job, replayed=False)

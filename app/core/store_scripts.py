@@ -1,0 +1,131 @@
+"""The Lua steps of the job store. Each changes a job and announces the change in the same
+atomic step: an entry on the job's event stream (what live progress follows), a webhook
+booking when the job asked for that event, and the finished-jobs tally behind the metrics.
+
+The stream and tally keys are derived inside the scripts rather than passed as KEYS: the
+service runs on one Redis primary (Sentinel for failover), never on Redis Cluster."""
+
+# Shared by every script ('ldm:stats:finished' is `stats.FINISHED_KEY`, 'ldm:webhooks' is
+# `webhook_queue.WEBHOOKS_KEY`). `emit` appends an event to the job's stream and books its webhook;
+# `emit_status` maps a state change to its webhook event and counts finished jobs.
+_EMIT = """
+local function emit(job_key, job_id, ttl, hook_event, ...)
+  local stream = job_key .. ':events'
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', '200', '*', ...)
+  redis.call('EXPIRE', stream, ttl)
+  if hook_event then
+    local hook = redis.call('HMGET', job_key, 'webhook_url', 'webhook_events')
+    if hook[1] and string.find(',' .. hook[2] .. ',', ',' .. hook_event .. ',', 1, true) then
+      local now = redis.call('TIME')
+      redis.call('ZADD', 'ldm:webhooks', now[1] + now[2] / 1e6,
+                 job_id .. '|' .. hook_event .. '|' .. id)
+    end
+  end
+  return id
+end
+local function emit_status(job_key, job_id, ttl, status)
+  local hook_event = nil
+  if status == 'running' then
+    hook_event = 'start'
+  elseif status == 'succeeded' or status == 'failed' or status == 'canceled' then
+    hook_event = 'completed'
+    local model = redis.call('HGET', job_key, 'model')
+    redis.call('HINCRBY', 'ldm:stats:finished', model .. '|' .. status, 1)
+  end
+  return emit(job_key, job_id, ttl, hook_event, 'type', 'status', 'status', status)
+end
+"""
+
+# Moves a job from one of the allowed states to a new one, atomically, so that a cancel and
+# a worker picking the job up can never both win; with a worker named, only while that worker
+# owns the job (a worker given up for dead cannot end a job that runs again elsewhere).
+# Running jobs are indexed for the lost-job check; a terminal state starts the record's TTL
+# and books its files for the expiry sweep. ARGV[6] is the event stream's TTL.
+# Returns {1, old} or {0, current or ''}.
+TRANSITION = _EMIT + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, ''} end
+if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[5] then return {0, cur} end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
+if ARGV[2] == 'running' then
+  redis.call('ZADD', KEYS[3], tonumber(redis.call('TIME')[1]), ARGV[4])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], tonumber(redis.call('TIME')[1]) + ARGV[3], ARGV[4])
+end
+emit_status(KEYS[1], ARGV[4], ARGV[6], ARGV[2])
+return {1, cur}
+"""
+
+# A queued job is canceled at once and leaves the queue; a running one gets a flag that the
+# worker reads at its next denoising step. Returns the state the job was in ('' if unknown).
+CANCEL = _EMIT + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return '' end
+if cur == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[4], tonumber(redis.call('TIME')[1]) + ARGV[2], ARGV[3])
+  redis.call('LREM', KEYS[2], 0, ARGV[4])
+  redis.call('DEL', KEYS[3])
+  emit_status(KEYS[1], ARGV[3], ARGV[2], 'canceled')
+elseif cur == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+end
+return cur
+"""
+
+# Starts a batch in one step: the job the worker took from the queue through RQ (rq id '')
+# and compatible jobs still waiting, each taken only if it is still in the queue (so no
+# other worker and no cancel got it) and still queued. Returns the ids of the jobs started,
+# counting those already running on this worker: a client that retries the script after a
+# lost reply must not disown what the first run started. ARGV[3] is the event stream's TTL.
+CLAIM = _EMIT + """
+local started = {}
+local now = tonumber(redis.call('TIME')[1])
+for i = 0, #KEYS / 2 - 2 do
+  local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local job_id, rq_id = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
+  if taken and rq_id ~= '' then redis.call('DEL', rq_key) end
+  local state = redis.call('HMGET', job_key, 'status', 'worker')
+  if taken and state[1] == 'queued' then
+    redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
+               'total_steps', ARGV[6 + 3 * i], 'worker', ARGV[1])
+    redis.call('ZADD', KEYS[1], now, job_id)
+    emit_status(job_key, job_id, ARGV[3], 'running')
+    started[#started + 1] = job_id
+  elseif state[1] == 'running' and state[2] == ARGV[1] then
+    started[#started + 1] = job_id
+  end
+end
+return started
+"""
+
+# Records a finished step for each job of a batch still running on this worker, and reads
+# their cancel flags, in one round trip. A job's progress webhook goes out at most once a
+# second, and on its last step. Returns a 1 per job whose cancel was requested.
+PROGRESS = _EMIT + """
+local canceled = {}
+local now = tonumber(redis.call('TIME')[1])
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HMGET', key, 'status', 'worker', 'cancel', 'total_steps',
+                           'webhook_events', 'webhook_progress_at')
+  if state[1] == 'running' and (ARGV[2] == '' or state[2] == ARGV[2]) then
+    redis.call('HSET', key, 'step', ARGV[1])
+    local hook_event = nil
+    if state[5] and (ARGV[1] == state[4] or now > tonumber(state[6] or 0)) then
+      hook_event = 'progress'
+      redis.call('HSET', key, 'webhook_progress_at', now)
+    end
+    emit(key, ARGV[3 + i], ARGV[3], hook_event,
+         'type', 'progress', 'step', ARGV[1], 'total_steps', state[4])
+  end
+  canceled[i] = state[3] == '1' and 1 or 0
+end
+return canceled
+"""
