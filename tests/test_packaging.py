@@ -450,9 +450,16 @@ def test_nginx_limits_match_the_api() -> None:
     (body,) = [args[0] for name, args in statements if name == "client_max_body_size"]
     assert api_limit < nginx_size(body) <= api_limit + 8 * 1024 * 1024, "the API answers 413"
     for name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"):
-        (value,) = [args[0] for directive, args in statements if directive == name]
+        # The server's own; a location may raise it (see below).
+        value = next(args[0] for directive, args in statements if directive == name)
         assert 0 < seconds(value) <= 300, name
     text = NGINX_CONF.read_text()
+    # POST /v1/images/generations waits up to LDM_SYNC_WAIT_TIMEOUT for its images.
+    generations = re.search(r"location\s*=\s*/v1/images/generations\s*\{(.*?)\}", text, re.S)
+    assert generations, "synchronous generations get a read timeout of their own"
+    (timeout,) = re.findall(r"proxy_read_timeout\s+(\w+);", generations[1])
+    wait = Settings.model_fields["sync_wait_timeout"].default
+    assert wait < seconds(timeout) <= wait + 60
     healthz = re.search(r"location\s*=\s*/healthz\s*\{(.*?)\}", text, re.DOTALL)
     assert healthz and "proxy_pass" in healthz[1], "/healthz passes through to the API"
 
