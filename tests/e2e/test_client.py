@@ -144,6 +144,9 @@ def test_ctrl_c_while_waiting_offers_to_cancel(stack: LocalStack, tmp_path: Path
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As at a terminal, whatever ran the tests: a suite started in the background (`&`,
+        # nohup) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     job_id = proc.stderr.readline().split()[-1]  # "job <id>", printed once submitted
     proc.send_signal(signal.SIGINT)
