@@ -18,10 +18,10 @@ import httpx
 from PIL import Image
 
 from ldm_client.errors import ApiError, JobFailed
+from ldm_client.following import Backoff, EventStream, Job
 
 DEFAULT_URL = "http://localhost:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-Job = dict[str, Any]
 InitImage = Image.Image | bytes | str | Path
 
 
@@ -60,24 +60,6 @@ def checked(response: httpx.Response) -> httpx.Response:
     if response.is_error:
         raise ApiError.from_response(response)
     return response
-
-
-class Backoff:
-    """Delays between polls (0.2 s growing to 2 s) or retries; a server's Retry-After wins."""
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.delay = 0.2
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-
-    def next(self, error: ApiError | None = None) -> float:
-        """Seconds to sleep before trying again; `TimeoutError` once past the deadline."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise TimeoutError("gave up waiting: the deadline passed")
-        delay = error.retry_after if error and error.retry_after is not None else self.delay
-        self.delay = min(self.delay * 1.5, 2.0)
-        if self.deadline is not None:
-            delay = min(delay, max(self.deadline - time.monotonic(), 0.0))
-        return delay
 
 
 def decoded(job: Job, payloads: list[bytes]) -> list[Image.Image]:
@@ -145,21 +127,33 @@ class Client:
         timeout: float | None = None,
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll until the job ends (backing off, honouring Retry-After); its final state.
-        `on_update(job)` sees every poll."""
+        """Follow the job live (its Server-Sent Events) until it ends; its final state.
+        `on_update(job)` sees each change: state, queue position, step. A dropped stream is
+        resumed where it left off, after a backoff that honours Retry-After."""
         backoff = Backoff(timeout)
+        events = EventStream()
+        path = f"/v1/jobs/{job_id}/events"
         while True:
             error = None
             try:
-                job = self.get(job_id)
-                if on_update is not None:
-                    on_update(job)
-                if job["status"] in TERMINAL:
-                    return job
+                timeouts = backoff.stream_timeout(self.http.timeout)
+                with self.http.stream("GET", path, headers=events.headers(), timeout=timeouts) as r:
+                    if r.is_error:
+                        r.read()
+                        checked(r)
+                    for line in r.iter_lines():
+                        if (job := events.feed(line)) is None:
+                            continue
+                        if on_update is not None:
+                            on_update(job)
+                        if job["status"] in TERMINAL:
+                            return job
             except ApiError as exc:
                 if not exc.retryable:
                     raise
                 error = exc
+            except httpx.TransportError:
+                pass  # dropped, or silent too long: resume from the last event
             time.sleep(backoff.next(error))
 
     def images(self, job: Job) -> list[Image.Image]:
@@ -234,18 +228,30 @@ class AsyncClient:
     ) -> Job:
         """See `Client.wait`; `on_update` may be a coroutine function."""
         backoff = Backoff(timeout)
+        events = EventStream()
+        path = f"/v1/jobs/{job_id}/events"
         while True:
             error = None
             try:
-                job = await self.get(job_id)
-                if on_update is not None and (pending := on_update(job)) is not None:
-                    await pending
-                if job["status"] in TERMINAL:
-                    return job
+                timeouts = backoff.stream_timeout(self.http.timeout)
+                headers = events.headers()
+                async with self.http.stream("GET", path, headers=headers, timeout=timeouts) as r:
+                    if r.is_error:
+                        await r.aread()
+                        checked(r)
+                    async for line in r.aiter_lines():
+                        if (job := events.feed(line)) is None:
+                            continue
+                        if on_update is not None and (pending := on_update(job)) is not None:
+                            await pending
+                        if job["status"] in TERMINAL:
+                            return job
             except ApiError as exc:
                 if not exc.retryable:
                     raise
                 error = exc
+            except httpx.TransportError:
+                pass  # see `Client.wait`
             await anyio.sleep(backoff.next(error))
 
     async def images(self, job: Job) -> list[Image.Image]:

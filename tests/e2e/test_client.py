@@ -15,8 +15,9 @@ from PIL import Image
 
 from ldm_client import ApiError, AsyncClient, Client, JobFailed
 from ldm_client.client import Backoff, settings
+from ldm_client.following import EventStream
 from scripts.stack import LocalStack
-from tests.e2e.conftest import BUSY
+from tests.e2e.conftest import BUSY, SLOW
 
 LDM = str(Path(sys.executable).parent / "ldm")
 
@@ -88,6 +89,39 @@ def test_the_async_client_does_the_same(stack: LocalStack) -> None:
             return await client.images(done)
 
     assert [image.size for image in anyio.run(main)] == [(64, 64)]
+
+
+def test_wait_follows_the_job_live_and_keeps_its_deadline(
+    stack: LocalStack, client: Client
+) -> None:
+    busy = stack.submit(BUSY)
+    stack.wait(busy["id"], {"running"})
+    job = client.submit("slow", **{k: v for k, v in SLOW.items() if k != "prompt"})
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.wait(job["id"], timeout=1)  # still queued behind the busy one
+    assert time.monotonic() - started < 5
+    seen: list[dict] = []
+    client.cancel(busy["id"])
+    done = client.wait(job["id"], timeout=60, on_update=seen.append)
+    assert done["status"] == "succeeded" and seen[-1] == done
+    steps = [j["progress"]["step"] for j in seen if j["status"] == "running" and j["progress"]]
+    # Step by step as the worker reports them, not a poll now and then.
+    assert steps == sorted(steps) and len(set(steps)) >= 10 and steps[-1] == 60
+
+
+def test_event_stream_lines_make_the_job() -> None:
+    events = EventStream()
+    lines = [
+        ": ping", "", "id: 1-0", "event: status", 'data: {"status": "running", "progress": null}',
+        "", "id: 2-0", "event: progress", 'data: {"step": 3, "total_steps": 9}', "",
+    ]
+    jobs = [job for line in lines if (job := events.feed(line)) is not None]
+    assert jobs == [
+        {"status": "running", "progress": None},
+        {"status": "running", "progress": {"step": 3, "total_steps": 9}},
+    ]
+    assert events.headers() == {"Last-Event-ID": "2-0"}
 
 
 def test_backoff_honours_retry_after_and_the_deadline() -> None:
