@@ -28,3 +28,16 @@ def submitted(queue: JobQueue, params: JobParams) -> str:
     job_id = new_job_id()
     queue.submit(job_id, params, "t1")
     return job_id
+
+
+def cancel_at_step(queue: JobQueue, job_id: str, step: int = 3) -> None:
+    """Have the API's cancel of `job_id` arrive once the job has run `step` steps."""
+    store = queue.store
+    real_report = store.report_progress
+
+    def report(jobs: list[str], done: int, worker: str) -> set[str]:
+        if done >= step and not store.get(job_id).cancel_requested:
+            queue.cancel(job_id, store.get(job_id).model)
+        return real_report(jobs, done, worker)
+
+    store.report_progress = report  # type: ignore[method-assign]

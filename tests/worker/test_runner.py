@@ -18,7 +18,7 @@ from app.core.jobs import JobStatus
 from app.core.limits import ServiceRate
 from app.core.queue import JobQueue, rq_queue
 from app.core.storage import LocalStorage, ObjectNotFound, image_key, init_image_key
-from tests.factories import make_params, submitted
+from tests.factories import cancel_at_step, make_params, submitted
 from worker.pipeline import ResidentPipeline
 from worker.runner import Runner
 
@@ -68,14 +68,7 @@ def test_cancel_flag_stops_at_the_next_step(
     job_id = submitted(queue, params)
     store = queue.store
     runner = Runner(resident, store, LocalStorage(tmp_path))
-    real_report = store.report_progress
-
-    def cancel_after_three(jobs: list[str], step: int, worker: str) -> set[str]:
-        if step >= 3 and not store.get(job_id).cancel_requested:
-            queue.cancel(job_id, MODEL)  # the API's cancel, arriving while the job runs
-        return real_report(jobs, step, worker)
-
-    store.report_progress = cancel_after_three  # type: ignore[method-assign]
+    cancel_at_step(queue, job_id)
     runner.run(job_id, params)
     job = store.get(job_id)
     # Progress travels on its own thread: the flag is seen at the step after it was read.

@@ -13,7 +13,7 @@ from app.core.queue import JobQueue
 from app.core.settings import Settings
 from app.core.storage import LocalStorage
 from scripts.procs import free_port
-from tests.factories import make_params, submitted
+from tests.factories import cancel_at_step, make_params, submitted
 from tests.worker.test_batching import take
 from tests.worker.test_runner import Failing
 from worker.metrics import GpuMemory, WorkerMetrics, created_at
@@ -82,14 +82,7 @@ def test_failures_and_cancels_are_counted_by_status(
     job_id = submitted(queue, params)
     take(queue, job_id)
     store = queue.store
-    real_report = store.report_progress
-
-    def cancel_after_three(jobs: list[str], step: int, worker: str) -> set[str]:
-        if step >= 3 and not store.get(job_id).cancel_requested:
-            queue.cancel(job_id, MODEL)  # the API's cancel, arriving while the job runs
-        return real_report(jobs, step, worker)
-
-    store.report_progress = cancel_after_three  # type: ignore[method-assign]
+    cancel_at_step(queue, job_id)
     Runner(resident, store, LocalStorage(tmp_path), metrics=metrics).run(job_id, params)
     assert value(metrics, "ldm_worker_jobs_finished_total", status="canceled") == 1
     assert value(metrics, "ldm_worker_job_latency_seconds_count", status="canceled") == 1
