@@ -1,0 +1,1 @@
+"""A synthetic shapes world and the tiny text-to-image latent diffusion model trained on it."""

@@ -1,0 +1,93 @@
+"""The shipped tiny-shapes model follows prompts: colour and shape on held-out prompts and
+seeds, guidance that matters, and image-to-image that recolours a shape but keeps it.
+
+A small sample (24 images, a few seconds on a CPU) with thresholds under the full
+evaluation's numbers (docs/drafts/tiny-shapes.md), so that a broken conditioning path --
+prompts ignored (colour right 1 time in 6), wrong tokenizer -- fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from shapes.classify import classify  # noqa: E402
+from shapes.evaluate import generate, score  # noqa: E402
+from shapes.world import Scene, held_out, render  # noqa: E402
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-shapes"
+GUIDANCE = 5.0  # the model's default guidance scale
+SAMPLE = 24
+MIN_COLOUR = 0.85  # full evaluation: see docs/drafts/tiny-shapes.md
+MIN_SHAPE = 0.65
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """One torch thread: the ops are tiny, and spare threads spin on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(MODEL)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Scene]:
+    return held_out(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def accuracy(pipe, scenes) -> dict[str, float]:
+    images = generate(pipe, [s.caption for s in scenes], list(range(SAMPLE)), GUIDANCE)
+    return score(scenes, images)
+
+
+def test_is_a_stable_diffusion_folder_at_64px(pipe) -> None:
+    assert isinstance(pipe, diffusers.StableDiffusionPipeline)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
+    weights = sum(f.stat().st_size for f in MODEL.rglob("*.safetensors"))
+    assert weights < 20 * 2**20
+
+
+def test_follows_colour_and_shape(accuracy) -> None:
+    assert accuracy["colour"] >= MIN_COLOUR, accuracy
+    assert accuracy["shape"] >= MIN_SHAPE, accuracy
+
+
+def test_guidance_does_not_hurt(pipe, scenes, accuracy) -> None:
+    # Over 240 held-out captions every attribute a caption names is right for 80% of images at
+    # guidance 5 and 71% at guidance 1 (size 97% vs 86%); colour and shape barely need it.
+    weak = score(scenes, generate(pipe, [s.caption for s in scenes], list(range(SAMPLE)), 1.0))
+    assert accuracy["all"] >= weak["all"], (weak, accuracy)
+
+
+def test_image_to_image_recolours_and_keeps_the_shape(pipe) -> None:
+    red_circle = render(Scene("circle", "red", "large", "white", 32, 32, 18, "a red circle"))
+    img2img = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    with torch.inference_mode():
+        out = img2img(
+            ["a blue circle"] * 4,
+            image=[red_circle] * 4,
+            strength=0.7,
+            num_inference_steps=20,
+            guidance_scale=GUIDANCE,
+            generator=gens,
+        ).images
+    readings = [classify(img) for img in out]
+    assert sum(r.colour == "blue" for r in readings) >= 3, readings
+    assert sum(r.shape == "circle" for r in readings) >= 3, readings
