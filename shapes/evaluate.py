@@ -1,6 +1,6 @@
 """Generate images for held-out prompts and seeds, read them back, report accuracies.
 
-    python -m shapes.evaluate models/tiny-shapes --count 240 --guidance 1 5 \
+    python -m shapes.evaluate worker/weights/tiny-shapes --count 240 --guidance 1 5 \
         --grid docs/tiny-shapes-samples.png --json docs/tiny-shapes-eval.json
 
 Prompts come from `world.held_out` (seeds training never used); image i is generated from

@@ -1,6 +1,6 @@
 """Train the tiny-shapes latent diffusion model on the CPU and save it as a diffusers folder.
 
-    python -m shapes.train --out models/tiny-shapes
+    python -m shapes.train --out worker/weights/tiny-shapes
 
 Stage 1 trains the VAE (on random 32x32 crops: it is fully convolutional, and crops cost a
 quarter of full images); its latent means of the training images are then scaled to unit
@@ -147,7 +147,7 @@ def plot_losses(vae_losses: list[float], unet_losses: list[float], path: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("models/tiny-shapes"))
+    parser.add_argument("--out", type=Path, default=Path("worker/weights/tiny-shapes"))
     parser.add_argument("--loss-png", type=Path, default=Path("docs/tiny-shapes-loss.png"))
     parser.add_argument("--images", type=int, default=12000, help="training scenes (seeds 0..N-1)")
     parser.add_argument("--vae-steps", type=int, default=1500)

@@ -12,10 +12,13 @@ from PIL import Image
 
 from app.core.batches import batch_key
 from app.core.jobs import JobCreate, JobParams
-from app.core.models import TINY_MODEL, ModelSpec
+from app.core.models import SHAPES_MODEL, TINY_MODEL, ModelSpec
 from app.core.resolve import resolve_request
 from app.core.settings import Settings
 from worker.tiny_model import ensure_tiny_model
+
+# Weights trained by `python -m shapes.train` (see docs/tiny-shapes.md).
+SHAPES_WEIGHTS = Path(__file__).parent / "weights" / SHAPES_MODEL
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int], None]
@@ -44,9 +47,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def model_source(settings: Settings) -> str | Path:
-    """What `from_pretrained` loads: the built tiny model, a local folder or a hub id."""
+    """What `from_pretrained` loads: the built tiny model, the shipped tiny-shapes weights, a
+    local folder or a hub id."""
     if settings.model == TINY_MODEL:
         return ensure_tiny_model(settings.model_cache)
+    if settings.model == SHAPES_MODEL:
+        return SHAPES_WEIGHTS
     path = Path(settings.model)
     return path if path.is_dir() else settings.model
 

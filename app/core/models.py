@@ -7,6 +7,8 @@ from pathlib import Path
 from app.core.settings import Settings
 
 TINY_MODEL = "tiny-sd"
+# Trained in this project on a synthetic shapes world (shapes/), shipped with the worker.
+SHAPES_MODEL = "tiny-shapes"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ def _native_size_from_folder(folder: Path) -> int | None:
 # that do not have the weights' files at hand. Anything else: its folder's config, else SD 1.x.
 _KNOWN: dict[str, tuple[int, int, float, int]] = {
     TINY_MODEL: (64, 20, 7.5, 16),
+    SHAPES_MODEL: (64, 20, 5.0, 16),
     "stabilityai/sd-turbo": (512, 1, 0.0, 8),
     "stabilityai/sdxl-turbo": (512, 1, 0.0, 8),
     "stabilityai/stable-diffusion-2-1": (768, 30, 7.5, 4),

@@ -2,14 +2,13 @@
 seeds, guidance that matters, and image-to-image that recolours a shape but keeps it.
 
 A small sample (24 images, a few seconds on a CPU) with thresholds under the full
-evaluation's numbers (docs/drafts/tiny-shapes.md), so that a broken conditioning path --
+evaluation's numbers (docs/tiny-shapes.md), so that a broken conditioning path --
 prompts ignored (colour right 1 time in 6), wrong tokenizer -- fails.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,11 +18,12 @@ diffusers = pytest.importorskip("diffusers")
 from shapes.classify import classify  # noqa: E402
 from shapes.evaluate import generate, score  # noqa: E402
 from shapes.world import Scene, held_out, render  # noqa: E402
+from worker.pipeline import SHAPES_WEIGHTS  # noqa: E402
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-shapes"
+MODEL = SHAPES_WEIGHTS
 GUIDANCE = 5.0  # the model's default guidance scale
 SAMPLE = 24
-MIN_COLOUR = 0.85  # full evaluation: see docs/drafts/tiny-shapes.md
+MIN_COLOUR = 0.85  # full evaluation: see docs/tiny-shapes.md
 MIN_SHAPE = 0.65
 
 

@@ -1,4 +1,5 @@
-"""The playground page ships with the package: a wheel built from the tree contains it."""
+"""What ships with the package besides code: a wheel built from the tree contains the
+playground page and the trained tiny-shapes weights."""
 
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = "app/api/static/playground.html"
 
 
-def test_the_wheel_contains_the_playground(tmp_path: Path) -> None:
+def test_the_wheel_contains_the_playground_and_the_shipped_model(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -30,3 +31,6 @@ def test_the_wheel_contains_the_playground(tmp_path: Path) -> None:
             'pyproject.toml needs "app.api" = ["static/*.html"] in [tool.setuptools.package-data]'
         )
         assert archive.read(PAGE) == (ROOT / PAGE).read_bytes()
+        weights = ROOT / "worker" / "weights" / "tiny-shapes"
+        shipped = {str(p.relative_to(ROOT)) for p in weights.rglob("*") if p.is_file()}
+        assert shipped and shipped <= set(archive.namelist()), "worker package-data: weights"
