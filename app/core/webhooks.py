@@ -18,7 +18,6 @@ from app.core.jobs import Job
 
 # What a client may subscribe to, and the `type` each is delivered as.
 EVENT_TYPES = {"start": "job.started", "progress": "job.progress", "completed": "job.completed"}
-DEFAULT_EVENTS = ("completed",)
 MAX_URL_LENGTH = 2048  # as JobCreate allows
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
