@@ -2,6 +2,7 @@
 what live progress and synchronous waits are built on, on any API replica."""
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -47,12 +48,22 @@ class JobEvents:
         oldest = await self.aredis.xrange(JobStore.events_key(job_id), count=1)
         return bool(oldest) and _parse(after) >= _parse(oldest[0][0].decode())
 
-    async def follow(self, job_id: str, after: str) -> AsyncIterator[Event | None]:
-        """Events after `after`, as they happen; None after each quiet `IDLE_MS`. Endless:
-        the caller stops when it has what it wants."""
+    async def follow(
+        self, job_id: str, after: str, until: float | None = None
+    ) -> AsyncIterator[Event | None]:
+        """Events after `after`, as they happen; None after each quiet `IDLE_MS`. Endless
+        (the caller stops when it has what it wants), unless `until` (event loop time) is
+        given: it then ends once that has passed, no read blocking beyond it."""
         key = JobStore.events_key(job_id)
+        loop = asyncio.get_running_loop()
         while True:
-            reply = await self.aredis.xread({key: after}, count=100, block=IDLE_MS)
+            block = IDLE_MS
+            if until is not None:
+                left = until - loop.time()
+                if left <= 0:
+                    return
+                block = min(IDLE_MS, max(1, math.ceil(left * 1000)))  # 0 would block forever
+            reply = await self.aredis.xread({key: after}, count=100, block=block)
             if not reply:
                 yield None
                 continue
@@ -77,17 +88,23 @@ async def wait_finished(
     events: JobEvents, store: JobStore, job_id: str, timeout: float
 ) -> Job | None:
     """The job once it has ended, or None if it has not within `timeout` seconds (or its
-    record is gone). Waits on the job's events, not by polling its record."""
+    record is gone). Waits on the job's events, not by polling its record.
+
+    The deadline holds without the timeout's cancellation: redis-py sends commands through
+    `asyncio.wait_for`, which before Python 3.12 swallows a cancellation that arrives just as
+    a send completes (a busy event loop makes that likely). Following the events only until
+    the deadline, in reads that block no longer, ends the wait all the same."""
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             after = await events.latest(job_id)
             job = await asyncio.to_thread(store.get, job_id)
             if job is None or job.status.is_terminal():
                 return job
-            async for event in events.follow(job_id, after):
+            async for event in events.follow(job_id, after, until=deadline):
                 ended = event is not None and event.status and event.status.is_terminal()
                 if ended or (event is None and not await events.aredis.exists(store.key(job_id))):
                     return await asyncio.to_thread(store.get, job_id)
     except TimeoutError:
         return None
-    return None  # pragma: no cover - follow never ends by itself
+    return None  # the deadline passed, its cancellation lost on the way
