@@ -81,7 +81,7 @@ RUN echo "torch==${TORCH_VERSION}" > /tmp/torch-constraint.txt \
 USER 10001:10001
 # Hub downloads and their metadata stay on the models volume too.
 ENV HF_HOME=/data/models/huggingface
-# Loading the model (and building tiny-sd, or downloading weights, at first start) comes
+# Loading the model (tiny-shapes ships in the image; hub weights download at first start) comes
 # before the worker registers in Redis: a long start period.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
     CMD ["python", "-m", "worker.healthcheck"]

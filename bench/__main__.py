@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dispatch, memory, overhead, submit, throughput
+from bench import dispatch, first_image, memory, overhead, submit, throughput
 from bench.plot import plot
 from worker.libraries import route_library_logs
 
@@ -42,6 +42,8 @@ def run(quick: bool) -> dict[str, Any]:
     results["dispatch"] = dispatch.measure(jobs=10 if quick else 100)
     print("memory ...", flush=True)
     results["memory"] = memory.measure(jobs=150 if quick else 2000)
+    print("first image ...", flush=True)
+    results["first_image"] = first_image.measure(jobs=4 if quick else 20)
     return results
 
 
@@ -53,8 +55,9 @@ def _cores() -> int:
 
 def report(r: dict[str, Any]) -> str:
     """The results as the markdown table the README quotes."""
-    t, off, on, d, m = (
-        r[k] for k in ("throughput", "overhead_off", "overhead_on", "dispatch", "memory")
+    t, off, on, d, m, f = (
+        r[k]
+        for k in ("throughput", "overhead_off", "overhead_on", "dispatch", "memory", "first_image")
     )
     top = max(r["submit"], key=lambda row: row["concurrency"])
     rows = [
@@ -122,9 +125,16 @@ def report(r: dict[str, Any]) -> str:
             f"{100 * m['growth']:+.1f}% (second half {100 * m['growth_second_half']:+.1f}%)",
             "python -m bench.memory",
         ),
+        (
+            "POST -> image p50, default model (tiny-shapes, 20 steps)",
+            "< 1 s",
+            f"{f['service_p50_s'] * 1000:.0f} ms ({f['service_over_raw']:.2f}x a direct "
+            f"pipeline call, {f['raw_p50_s'] * 1000:.0f} ms)",
+            "python -m bench.first_image",
+        ),
     ]
     lines = [
-        f"{r['machine']}; tiny-sd 64x64, {t['steps']} steps; {r['when']}",
+        f"{r['machine']}; tiny-sd 64x64, {t['steps']} steps (last row: tiny-shapes); {r['when']}",
         "",
         "| figure | goal | measured | command |",
         "|---|---|---|---|",

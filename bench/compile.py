@@ -34,7 +34,7 @@ def main() -> None:
     cache = Path(".cache/models").resolve()
     pipelines, warm_up = {}, {}
     for name, compile_ in (("plain", False), ("compiled", True)):
-        settings = Settings(model_cache=cache, compile=compile_)
+        settings = Settings(model="tiny-sd", model_cache=cache, compile=compile_)
         start = time.perf_counter()
         pipelines[name] = ResidentPipeline.load(settings)
         pipelines[name].warm_up(model_spec(settings), settings)

@@ -92,6 +92,7 @@ def measure(jobs: int = 200, steps: int = 20, max_batch: int = 1) -> dict[str, A
         redis_proc = start_redis(port, Path(workdir) / "redis", durable=True)
         try:
             settings = Settings(
+                model="tiny-sd",
                 redis_url=f"redis://127.0.0.1:{port}/0",
                 storage_url=(Path(workdir) / "images").as_uri(),
                 model_cache=Path(".cache/models").resolve(),

@@ -37,6 +37,8 @@ class LocalStack:
             "LDM_MODEL_CACHE": str(model_cache),
             "LDM_DEVICE": "cpu",
             "LDM_LOG_LEVEL": "WARNING",
+            # The fastest model: tests and benches measure the service, not the pictures.
+            "LDM_MODEL": "tiny-sd",
         } | settings
         self.redis_proc: subprocess.Popen | None = None
         self.apis: list[tuple[subprocess.Popen, httpx.Client]] = []

@@ -28,8 +28,9 @@ ATTRIBUTES = ("colour", "shape", "background", "size")
 
 
 def load(folder: str | Path) -> DiffusionPipeline:
-    """The pipeline in `folder`, progress bars off."""
-    pipe = DiffusionPipeline.from_pretrained(folder)
+    """The pipeline in `folder` in float32 (the weights are stored in float16), progress bars
+    off."""
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

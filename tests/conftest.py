@@ -45,8 +45,10 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(redis_url: str, model_cache: Path, tmp_path: Path) -> Settings:
-    """Settings as a test deployment has them: real Redis, a fresh image folder."""
+    """Settings as a test deployment has them: real Redis, a fresh image folder, and the
+    random-weight tiny-sd, fastest where what the pictures show is beside the point."""
     return Settings(
+        model="tiny-sd",
         redis_url=redis_url,
         storage_url=(tmp_path / "images").as_uri(),
         model_cache=model_cache,

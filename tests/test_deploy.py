@@ -655,7 +655,7 @@ def test_base_runs_the_tiny_model_on_cpu() -> None:
         assert all(gpus(container) == (None, None) for container in containers(spec)), key(doc)
         assert GPU not in str(spec.get("tolerations", [])) + str(spec.get("nodeSelector", {}))
     env = base.env(base.container("worker"))
-    assert (env["LDM_MODEL"], env["LDM_DEVICE"]) == ("tiny-sd", "cpu")
+    assert (env["LDM_MODEL"], env["LDM_DEVICE"]) == ("tiny-shapes", "cpu")
 
 
 def test_gpu_overlay_puts_a_real_model_on_a_gpu() -> None:
@@ -664,7 +664,7 @@ def test_gpu_overlay_puts_a_real_model_on_a_gpu() -> None:
     assert [int(count) for count in gpus(container)] == [1, 1]
     env = gpu.env(container)
     assert env["LDM_DEVICE"] == "cuda"
-    assert env["LDM_MODEL"] not in ("", "tiny-sd")
+    assert env["LDM_MODEL"] not in ("", "tiny-sd", "tiny-shapes")
     spec = pod_spec(gpu.get("Deployment", "worker"))
     assert spec is not None
     assert spec["nodeSelector"]

@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     )
 
     # The model this deployment serves
-    model: str = Field("tiny-sd", description="tiny-sd, a diffusers model id or a local folder")
+    model: str = Field(
+        "tiny-shapes",
+        description="tiny-shapes (trained, shipped), tiny-sd (random weights, fastest), "
+        "a diffusers model id or a local folder",
+    )
     # Comma-separated in the environment; the API accepts these, a worker serves `model`.
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     model_cache: Path = Path(".cache/models")

@@ -20,7 +20,7 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_run_offline_on_one_machine() -> None:
     settings = Settings(_env_file=None)
-    assert settings.model == "tiny-sd"
+    assert settings.model == "tiny-shapes"  # trained, shipped with the worker: no download
     assert settings.device == "auto"
     assert settings.storage_url.startswith("file:///")
     assert settings.storage_url.endswith("/data/images")
@@ -45,12 +45,12 @@ def test_model_spec_of_tiny_model_and_overrides() -> None:
 
 
 def test_models_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LDM_MODELS", "tiny-sd, stabilityai/sd-turbo")
-    assert Settings().models == ["tiny-sd", "stabilityai/sd-turbo"]
-    monkeypatch.setenv("LDM_MODELS", '["tiny-sd", "other"]')
-    assert Settings().models == ["tiny-sd", "other"]
+    monkeypatch.setenv("LDM_MODELS", "tiny-shapes, stabilityai/sd-turbo")
+    assert Settings().models == ["tiny-shapes", "stabilityai/sd-turbo"]
+    monkeypatch.setenv("LDM_MODELS", '["tiny-shapes", "other"]')
+    assert Settings().models == ["tiny-shapes", "other"]
     monkeypatch.setenv("LDM_MODELS", "")
-    assert Settings().models == ["tiny-sd"]
+    assert Settings().models == ["tiny-shapes"]
     monkeypatch.setenv("LDM_MODELS", "other")
     with pytest.raises(ValidationError, match="must be one of LDM_MODELS"):
         Settings()

@@ -1,5 +1,7 @@
-"""`make run`'s supervisor: it serves jobs, and Ctrl-C stops what it started, and only that."""
+"""`make run`'s supervisor: it serves the default model (a picture that shows the prompt), and
+Ctrl-C stops what it started, and only that."""
 
+import io
 import os
 import signal
 import subprocess
@@ -7,9 +9,10 @@ import sys
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from scripts.procs import free_port, port_open, start_redis, stop, wait_until
-from worker.tiny_model import ensure_tiny_model
+from shapes.classify import classify
 
 ROOT = Path(__file__).resolve().parents[2]  # where `make run` runs it
 
@@ -57,20 +60,22 @@ def run_local(tmp_path: Path, model_cache: Path, redis_port: int) -> tuple[subpr
 
 
 def serve_one_job(api_port: int, proc: subprocess.Popen) -> None:
+    """A first user's request, defaults and all: the picture must show what it asks for."""
     client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
     wait_until(lambda: port_open("127.0.0.1", api_port), 60, "API", proc)
-    job = client.post("/v1/jobs", json={"prompt": "a red circle", "num_inference_steps": 2})
-    job_id = job.json()["id"]
-    wait_until(
-        lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded", 120, "job", proc
-    )
+    job = client.post("/v1/jobs", json={"prompt": "a large red circle", "seed": 1}).json()
+    assert job["model"] == "tiny-shapes"
+    url = f"/v1/jobs/{job['id']}"
+    wait_until(lambda: client.get(url).json()["status"] == "succeeded", 120, "job", proc)
+    image = client.get(client.get(url).json()["images"][0]["url"])
+    reading = classify(Image.open(io.BytesIO(image.content)))
+    assert (reading.colour, reading.shape) == ("red", "circle"), reading
     client.close()
 
 
 def test_starts_redis_when_none_answers_and_stops_everything(
     tmp_path: Path, model_cache: Path
 ) -> None:
-    ensure_tiny_model(model_cache)
     redis_port = free_port()
     proc, api_port = run_local(tmp_path, model_cache, redis_port)
     try:
@@ -86,7 +91,6 @@ def test_starts_redis_when_none_answers_and_stops_everything(
 
 
 def test_leaves_a_redis_it_did_not_start_running(tmp_path: Path, model_cache: Path) -> None:
-    ensure_tiny_model(model_cache)
     redis_port = free_port()
     redis = start_redis(redis_port, tmp_path / "redis")
     proc, api_port = run_local(tmp_path, model_cache, redis_port)

@@ -1,9 +1,10 @@
 """The shipped tiny-shapes model follows prompts: colour and shape on held-out prompts and
 seeds, guidance that matters, and image-to-image that recolours a shape but keeps it.
 
-A small sample (24 images, a few seconds on a CPU) with thresholds under the full
-evaluation's numbers (docs/tiny-shapes.md), so that a broken conditioning path --
-prompts ignored (colour right 1 time in 6), wrong tokenizer -- fails.
+A small sample (64 held-out captions, about 10 s on one CPU thread) held to the issue's goals
+(colour >= 90%, shape >= 80%), which the full evaluation beats (README, "The offline model"),
+so that a broken conditioning path -- prompts ignored (colour right 1 time in 6), a wrong
+tokenizer, guidance not applied -- fails.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from shapes.classify import classify  # noqa: E402
-from shapes.evaluate import generate, score  # noqa: E402
+from shapes.evaluate import generate, load, score  # noqa: E402
 from shapes.world import Scene, held_out, render  # noqa: E402
 from worker.pipeline import SHAPES_WEIGHTS  # noqa: E402
 
 MODEL = SHAPES_WEIGHTS
 GUIDANCE = 5.0  # the model's default guidance scale
-SAMPLE = 24
-MIN_COLOUR = 0.85  # full evaluation: see docs/tiny-shapes.md
-MIN_SHAPE = 0.65
+SAMPLE = 64
+MIN_COLOUR = 0.90  # the full evaluation (240 captions): 99% colour, 96% shape
+MIN_SHAPE = 0.80
+# Share of images right on everything their caption names: 95% at guidance 5 against 69%
+# without guidance over 240 captions; on this sample the gap must be at least this.
+MIN_GUIDANCE_GAIN = 0.10
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,9 +42,7 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipeline = diffusers.DiffusionPipeline.from_pretrained(MODEL)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return load(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_is_a_stable_diffusion_folder_at_64px(pipe) -> None:
     assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
     assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
     weights = sum(f.stat().st_size for f in MODEL.rglob("*.safetensors"))
-    assert weights < 20 * 2**20
+    assert weights < 6 * 2**20  # float16: a few MB in the repository
 
 
 def test_follows_colour_and_shape(accuracy) -> None:
@@ -68,11 +70,14 @@ def test_follows_colour_and_shape(accuracy) -> None:
     assert accuracy["shape"] >= MIN_SHAPE, accuracy
 
 
-def test_guidance_does_not_hurt(pipe, scenes, accuracy) -> None:
-    # Over 240 held-out captions every attribute a caption names is right for 80% of images at
-    # guidance 5 and 71% at guidance 1 (size 97% vs 86%); colour and shape barely need it.
+def test_guidance_matters(pipe, scenes, accuracy) -> None:
+    # Same captions, same noise; only classifier-free guidance differs (1 turns it off).
     weak = score(scenes, generate(pipe, [s.caption for s in scenes], list(range(SAMPLE)), 1.0))
-    assert accuracy["all"] >= weak["all"], (weak, accuracy)
+    assert accuracy["all"] >= weak["all"] + MIN_GUIDANCE_GAIN, (weak, accuracy)
+    assert accuracy["colour"] > weak["colour"] and accuracy["shape"] > weak["shape"], (
+        weak,
+        accuracy,
+    )
 
 
 def test_image_to_image_recolours_and_keeps_the_shape(pipe) -> None:

@@ -8,5 +8,5 @@ from worker.pipeline import ResidentPipeline
 
 @pytest.fixture(scope="session")
 def resident(model_cache: Path) -> ResidentPipeline:
-    """The tiny model, loaded once through the same path a real model takes."""
-    return ResidentPipeline.load(Settings(model_cache=model_cache, device="cpu"))
+    """The random-weight tiny model, loaded once through the same path a real model takes."""
+    return ResidentPipeline.load(Settings(model="tiny-sd", model_cache=model_cache, device="cpu"))

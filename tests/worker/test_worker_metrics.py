@@ -121,7 +121,9 @@ def test_gpu_families_are_the_ones_dashboards_query() -> None:
 def test_gpu_memory_is_reported_on_cuda(
     queue: JobQueue, model_cache: Path, tmp_path: Path
 ) -> None:
-    pipeline = ResidentPipeline.load(Settings(model_cache=model_cache, device="cuda"))
+    pipeline = ResidentPipeline.load(
+        Settings(model=MODEL, model_cache=model_cache, device="cuda")
+    )
     metrics = WorkerMetrics(MODEL, pipeline.device)
     job_id = submitted(queue, make_params())
     Runner(pipeline, queue.store, LocalStorage(tmp_path), metrics=metrics).run(
