@@ -7,7 +7,7 @@ Starts Redis, one API process and one worker serving `tiny-shapes` with its defa
 user sends (a prompt, nothing else), and times POST -> `succeeded` -> image bytes fetched,
 as a client sees it. In the same run, the same pipeline called directly in this process
 (diffusers, no service) is timed on the same prompts and seeds: the ratio is what the
-service adds around the model. Both use the machine's default torch threads.
+service adds around the model. Both use the model's CPU threads (one for tiny-shapes).
 """
 
 import argparse
@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from app.core.models import SHAPES_MODEL
+from app.core.models import SHAPES_MODEL, model_spec
+from app.core.settings import Settings
 from scripts.stack import LocalStack
 from worker.pipeline import SHAPES_WEIGHTS
 
@@ -35,6 +36,8 @@ WARMUP = 2
 
 def raw_seconds(jobs: int) -> list[float]:
     """Seconds per direct pipeline call, one image at the model's defaults."""
+    if threads := model_spec(Settings(model=SHAPES_MODEL)).cpu_threads:
+        torch.set_num_threads(threads)
     pipe = DiffusionPipeline.from_pretrained(SHAPES_WEIGHTS, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     times = []

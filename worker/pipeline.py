@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.core.batches import batch_key
 from app.core.jobs import JobCreate, JobParams
-from app.core.models import SHAPES_MODEL, TINY_MODEL, ModelSpec
+from app.core.models import SHAPES_MODEL, TINY_MODEL, ModelSpec, model_spec
 from app.core.resolve import resolve_request
 from app.core.settings import Settings
 from worker.tiny_model import ensure_tiny_model
@@ -75,6 +75,9 @@ class ResidentPipeline:
         """Load the configured model onto the configured device, tuned for it."""
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
+        threads = model_spec(settings).cpu_threads
+        if device.type == "cpu" and threads:
+            torch.set_num_threads(threads)
         source = model_source(settings)
         log.info("loading %s on %s as %s", source, device, dtype)
         pipe = AutoPipelineForText2Image.from_pretrained(

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         None, ge=1, description="images a worker runs in one call; 1 turns batching off"
     )
     compile: bool = Field(False, description="torch.compile the U-Net at start (CUDA)")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads on a CPU: default the model's (tiny-shapes 1), else torch's",
+    )
 
     # Limits a request must stay within
     max_side: int = Field(1024, ge=64)

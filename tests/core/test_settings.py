@@ -86,3 +86,11 @@ def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert settings.webhook_retry_delays == [1.0, 2.5, 10.0]
     assert settings.webhook_secret.get_secret_value() == "whsec_" + "QUJD" * 11
     assert not settings.webhook_allow_private
+
+
+def test_cpu_threads_default_to_the_models_and_yield_to_the_setting() -> None:
+    assert model_spec(Settings(model="tiny-shapes")).cpu_threads == 1
+    assert model_spec(Settings(model="tiny-shapes", cpu_threads=4)).cpu_threads == 4
+    assert model_spec(Settings(model="stabilityai/sd-turbo")).cpu_threads is None  # torch's
+    with pytest.raises(ValidationError, match="cpu_threads"):
+        Settings(cpu_threads=0)

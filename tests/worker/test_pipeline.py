@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.core.settings import Settings
 from tests.factories import make_params
 from worker.pipeline import InvalidInput, ResidentPipeline, resolve_device, resolve_dtype
 
@@ -94,3 +95,14 @@ def test_device_and_dtype_choice() -> None:
     assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) is torch.float16
     assert resolve_dtype("bfloat16", torch.device("cuda")) is torch.bfloat16
+
+
+def test_the_shapes_model_runs_on_one_cpu_thread_unless_told_otherwise() -> None:
+    before = torch.get_num_threads()
+    try:
+        ResidentPipeline.load(Settings(model="tiny-shapes", device="cpu"))
+        assert torch.get_num_threads() == 1
+        ResidentPipeline.load(Settings(model="tiny-shapes", device="cpu", cpu_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
