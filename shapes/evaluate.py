@@ -101,6 +101,41 @@ def grid(pipe, path: Path, guidance: float, seed: int = 0) -> None:
     sheet.save(path)
 
 
+def recolour(
+    pipe, count: int = 4, strength: float = 0.7, guidance: float = 5.0
+) -> tuple[Image.Image, list[Image.Image]]:
+    """Image-to-image: a large red circle, and "a blue circle" made from it at `strength` with
+    noise seeds 0..count-1."""
+    from diffusers import AutoPipelineForImage2Image
+
+    from shapes.world import render
+
+    init = render(Scene("circle", "red", "large", "white", 32, 32, 18, "a red circle"))
+    img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        out = img2img(
+            ["a blue circle"] * count,
+            image=[init] * count,
+            strength=strength,
+            num_inference_steps=20,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(s) for s in range(count)],
+        ).images
+    return init, out
+
+
+def img2img_strip(pipe, path: Path) -> None:
+    """`recolour`'s init image and results side by side, as a PNG."""
+    init, out = recolour(pipe)
+    cell = 128
+    strip = Image.new("RGB", (5 * cell, cell), "white")
+    for i, img in enumerate([init, *out]):
+        strip.paste(img.resize((cell, cell), Image.Resampling.NEAREST), (i * cell, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path)
@@ -109,6 +144,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--grid", type=Path, help="write a labelled sample grid PNG here")
     parser.add_argument("--grid-guidance", type=float, default=5.0)
+    parser.add_argument("--img2img", type=Path, help="write the image-to-image strip PNG here")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -140,6 +176,8 @@ def main() -> None:
         )
     if args.grid:
         grid(pipe, args.grid, args.grid_guidance)
+    if args.img2img:
+        img2img_strip(pipe, args.img2img)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

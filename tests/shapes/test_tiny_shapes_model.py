@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from shapes.classify import classify  # noqa: E402
-from shapes.evaluate import generate, load, score  # noqa: E402
-from shapes.world import Scene, held_out, render  # noqa: E402
+from shapes.evaluate import generate, load, recolour, score  # noqa: E402
+from shapes.world import Scene, held_out  # noqa: E402
 from worker.pipeline import SHAPES_WEIGHTS  # noqa: E402
 
 MODEL = SHAPES_WEIGHTS
@@ -81,18 +81,8 @@ def test_guidance_matters(pipe, scenes, accuracy) -> None:
 
 
 def test_image_to_image_recolours_and_keeps_the_shape(pipe) -> None:
-    red_circle = render(Scene("circle", "red", "large", "white", 32, 32, 18, "a red circle"))
-    img2img = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
-    gens = [torch.Generator().manual_seed(s) for s in range(4)]
-    with torch.inference_mode():
-        out = img2img(
-            ["a blue circle"] * 4,
-            image=[red_circle] * 4,
-            strength=0.7,
-            num_inference_steps=20,
-            guidance_scale=GUIDANCE,
-            generator=gens,
-        ).images
+    # A large red circle on white, "a blue circle" at strength 0.7, four noise seeds.
+    _, out = recolour(pipe, count=4, strength=0.7, guidance=GUIDANCE)
     readings = [classify(img) for img in out]
     assert sum(r.colour == "blue" for r in readings) >= 3, readings
     assert sum(r.shape == "circle" for r in readings) >= 3, readings
