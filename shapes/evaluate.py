@@ -136,7 +136,7 @@ def img2img_strip(pipe, path: Path) -> None:
     strip.save(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--count", type=int, default=240)
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--img2img", type=Path, help="write the image-to-image strip PNG here")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     pipe = load(args.model)
