@@ -57,9 +57,9 @@ _KNOWN: dict[str, tuple[int, int, float, int]] = {
 }
 
 
-# A 64x64 model's ops are too small to share out: a second thread buys nothing (277 vs 299 ms a
+# A 64x64 model's ops are too small to share out: a second thread buys nothing (264 vs 283 ms a
 # call on a quiet 2-core machine), and while another process holds a core every op waits for
-# the descheduled thread (5x slower). One thread is both faster and immune to that.
+# the descheduled thread (4.1 s against 0.28 s; `python -m bench.first_image --busy`).
 _CPU_THREADS: dict[str, int] = {SHAPES_MODEL: 1}
 
 
