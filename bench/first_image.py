@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline
 from app.core.models import SHAPES_MODEL, model_spec
 from app.core.settings import Settings
 from scripts.stack import LocalStack
+from shapes.evaluate import generate, load
 from worker.pipeline import SHAPES_WEIGHTS
 
 PROMPTS = (
@@ -39,22 +40,14 @@ PROMPTS = (
 WARMUP = 2
 
 
-def raw_seconds(jobs: int, threads: int) -> list[float]:
+def raw_seconds(pipe: DiffusionPipeline, jobs: int, threads: int) -> list[float]:
     """Seconds per direct pipeline call on `threads` torch threads, one image at the model's
     defaults."""
     torch.set_num_threads(threads)
-    pipe = DiffusionPipeline.from_pretrained(SHAPES_WEIGHTS, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
     times = []
     for index in range(WARMUP + jobs):
         start = time.perf_counter()
-        with torch.inference_mode():
-            pipe(
-                PROMPTS[index % len(PROMPTS)],
-                num_inference_steps=20,
-                guidance_scale=5.0,
-                generator=torch.Generator().manual_seed(index),
-            )
+        generate(pipe, [PROMPTS[index % len(PROMPTS)]], [index], guidance=5.0, steps=20)
         if index >= WARMUP:
             times.append(time.perf_counter() - start)
     return times
@@ -88,8 +81,9 @@ def measure(jobs: int = 20, busy: bool = False) -> dict[str, Any]:
                 stack.start_api()
                 stack.start_worker(queue=f"ldm:{SHAPES_MODEL}")
                 service = statistics.median(service_seconds(stack, jobs))
-        raw = statistics.median(raw_seconds(jobs, model_threads))
-        raw_default = statistics.median(raw_seconds(jobs, default_threads))
+        pipe = load(SHAPES_WEIGHTS)
+        raw = statistics.median(raw_seconds(pipe, jobs, model_threads))
+        raw_default = statistics.median(raw_seconds(pipe, jobs, default_threads))
     finally:
         if spinner:
             spinner.kill()
