@@ -14,31 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.core.models import TINY_MODEL
+from worker.offline_tokenizers import clip_tokenizer
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
 
 
 _MAX_LENGTH = 77  # CLIP's context length; the pipeline pads/truncates prompts to this
-_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
-# A handful of merges so BPE actually merges something; the weights are random anyway.
-_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("o", "n</w>")]
-
-
-def _build_tokenizer() -> CLIPTokenizer:
-    """Build a byte-level CLIP BPE tokenizer entirely in memory (no hub access)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    # Every byte maps to one of these 256 chars, so any unicode prompt is encodable
-    # without an unknown token; "</w>" variants cover word-final pieces.
-    alphabet = sorted(ByteLevel.alphabet())
-    tokens = alphabet + [c + "</w>" for c in alphabet]
-    tokens += ["".join(pair) for pair in _MERGES]
-    tokens += list(_SPECIAL_TOKENS)
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=_MAX_LENGTH)
 
 
 def _build_pipeline() -> StableDiffusionPipeline:
@@ -52,7 +34,7 @@ def _build_pipeline() -> StableDiffusionPipeline:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = _build_tokenizer()
+    tokenizer = clip_tokenizer(max_length=_MAX_LENGTH)
     # Fixed seed: every build (any process, any machine) yields identical weights; the
     # forked RNG keeps the caller's global torch random state untouched.
     with torch.random.fork_rng(devices=[]):
