@@ -1,0 +1,252 @@
+"""The engine: admit -> one denoiser forward -> each job's scheduler step -> retire, one
+iteration at a time, with jobs joining and leaving at every step boundary.
+
+It knows nothing of Redis or storage: the worker feeds it requests and takes its outcomes
+(worker/serve.py), and a benchmark can drive it directly (bench/gpu.py)."""
+
+import gc
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+from worker.engine.state import EngineRequest, JobState, Outcome
+from worker.families.base import Family, InvalidInput
+
+log = logging.getLogger(__name__)
+
+OUT_OF_MEMORY = ("out_of_memory", "not enough memory; ask for fewer, smaller images")
+INTERNAL = ("internal", "the worker failed to run the job")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; CPU allocators a plain RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def free_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after an out-of-memory error."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+class Engine:
+    """Continuous batching over one model family.
+
+    `max_cost` bounds a forward in denoiser rows x latent pixels (see `Family.cost`); jobs are
+    admitted while the active set fits, so each forward runs everything of one group. Groups
+    (latent shapes) take turns: the one that waited longest runs next, so none starves."""
+
+    def __init__(
+        self,
+        family: Family,
+        max_cost: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.family = family
+        native = family.native_size // getattr(family, "vae_scale", 8)
+        # Default: 16 guided images at native size, as the old batch size meant.
+        self.max_cost = max_cost or 32 * native * native
+        self.clock = clock
+        self.pending: deque[EngineRequest] = deque()
+        self.active: list[JobState] = []
+        self.iteration = 0
+        self._cancels: set[str] = set()
+
+    # What the worker asks of it
+
+    def submit(self, request: EngineRequest) -> None:
+        """Queue a job; it joins at the next iteration."""
+        self.pending.append(request)
+
+    def cancel(self, job_id: str) -> None:
+        """The job leaves at the next step boundary (an outcome with `canceled`)."""
+        self._cancels.add(job_id)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.active
+
+    def load(self) -> int:
+        """The cost of every job held, admitted or not."""
+        return sum(self.family.cost(s.request.params) for s in self.active) + sum(
+            self.family.cost(r.params) for r in self.pending
+        )
+
+    def room(self) -> int:
+        """Cost that can still be taken on without making anyone wait a turn."""
+        return self.max_cost - self.load()
+
+    def progress(self) -> dict[str, tuple[int, int]]:
+        """Steps done and total per active job."""
+        return {s.job_id: (s.index, s.total_steps) for s in self.active}
+
+    def run(self) -> list[Outcome]:
+        """Iterate until every job submitted has left (for benchmarks and tests)."""
+        outcomes: list[Outcome] = []
+        while not self.idle:
+            outcomes += self.iterate()
+        return outcomes
+
+    # One iteration
+
+    def iterate(self) -> list[Outcome]:
+        """Admit, run one forward over one group, step, retire; returns jobs that left."""
+        self.iteration += 1
+        outcomes = self._retire_stopped()
+        outcomes += self._admit()
+        batch = self._pick()
+        if batch:
+            outcomes += self._step(batch)
+            finished = [s for s in batch if s.done]
+            if finished:
+                outcomes += self._finish(finished)
+        return outcomes
+
+    def _retire_stopped(self) -> list[Outcome]:
+        now = self.clock()
+        outcomes, kept = [], []
+        for state in self.active:
+            deadline = state.request.deadline
+            if state.job_id in self._cancels:
+                outcomes.append(Outcome(state.job_id, error=("canceled", "canceled")))
+            elif deadline is not None and now > deadline:
+                outcomes.append(Outcome(state.job_id, error=("timeout", "the job ran too long")))
+            else:
+                kept.append(state)
+        self.active = kept
+        for request in list(self.pending):
+            if request.job_id in self._cancels:
+                self.pending.remove(request)
+                outcomes.append(Outcome(request.job_id, error=("canceled", "canceled")))
+        self._cancels -= {o.job_id for o in outcomes}
+        return outcomes
+
+    def _admit(self) -> list[Outcome]:
+        if not self.pending:
+            return []
+        used = sum(self.family.cost(s.request.params) for s in self.active)
+        newcomers: list[EngineRequest] = []
+        outcomes: list[Outcome] = []
+        while self.pending:
+            request = self.pending[0]
+            try:
+                self.family.check(request.params, request.init_image)
+            except InvalidInput as exc:
+                self.pending.popleft()
+                outcomes.append(Outcome(request.job_id, error=("invalid_input", str(exc))))
+                continue
+            cost = self.family.cost(request.params)
+            if (self.active or newcomers) and used + cost > self.max_cost:
+                break  # FIFO: it waits for room rather than let later jobs pass it
+            newcomers.append(self.pending.popleft())
+            used += cost
+        if newcomers:
+            outcomes += self._prepare(newcomers)
+        return outcomes
+
+    def _prepare(self, requests: list[EngineRequest]) -> list[Outcome]:
+        try:
+            self.active += self.family.prepare(requests)
+            return []
+        except Exception as exc:
+            if len(requests) > 1:
+                # One bad job must not fail its batch-mates: prepare them one by one.
+                outcomes = []
+                for request in requests:
+                    outcomes += self._prepare([request])
+                return outcomes
+            log.warning("could not prepare job %s", requests[0].job_id, exc_info=True)
+            error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
+            free_memory(self.family.device)
+            return [Outcome(requests[0].job_id, error=error)]
+
+    def _pick(self) -> list[JobState]:
+        """The jobs of the group that ran least recently, as many as fit, longest-waiting first."""
+        if not self.active:
+            return []
+        groups: dict[tuple, list[JobState]] = {}
+        for state in self.active:
+            groups.setdefault(state.group, []).append(state)
+        group = min(groups.values(), key=lambda states: min(s.last_run for s in states))
+        group.sort(key=lambda s: s.last_run)
+        batch, used = [], 0
+        for state in group:
+            cost = self.family.cost(state.request.params)
+            if batch and used + cost > self.max_cost:
+                break
+            batch.append(state)
+            used += cost
+        return batch
+
+    def _step(self, batch: list[JobState]) -> list[Outcome]:
+        outcomes = []
+        try:
+            predictions = self._forward(batch)
+        except Exception as exc:
+            # Out of memory for one job alone, or a broken forward: those jobs fail, the
+            # engine and everyone else go on.
+            error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
+            log.warning("a forward over %d jobs failed", len(batch), exc_info=True)
+            free_memory(self.family.device)
+            return self._drop(batch, error)
+        for state, prediction in zip(batch, predictions, strict=True):
+            try:
+                with torch.inference_mode():
+                    state.latents = state.scheduler.step(
+                        prediction,
+                        state.timestep,
+                        state.latents,
+                        **state.step_kwargs,
+                        return_dict=False,
+                    )[0]
+                state.index += 1
+                state.last_run = self.iteration
+            except Exception:
+                log.exception("the scheduler step of job %s failed", state.job_id)
+                outcomes += self._drop([state], INTERNAL)
+        return outcomes
+
+    def _forward(self, batch: list[JobState]) -> list[torch.Tensor]:
+        try:
+            return self.family.forward(batch)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(batch) == 1:
+                raise
+        # Out of memory: split the batch (each half may fit) and try again.
+        log.warning("a forward over %d jobs ran out of memory; splitting it", len(batch))
+        free_memory(self.family.device)
+        half = len(batch) // 2
+        return self._forward(batch[:half]) + self._forward(batch[half:])
+
+    def _finish(self, finished: list[JobState]) -> list[Outcome]:
+        self.active = [s for s in self.active if not s.done]
+        try:
+            images = self.family.decode(finished)
+        except Exception as exc:
+            if len(finished) > 1:
+                free_memory(self.family.device)
+                return [o for state in finished for o in self._finish_alone(state)]
+            error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
+            log.warning("could not decode job %s", finished[0].job_id, exc_info=True)
+            free_memory(self.family.device)
+            return [Outcome(finished[0].job_id, error=error, warnings=finished[0].warnings)]
+        return [
+            Outcome(state.job_id, images=job_images, warnings=state.warnings)
+            for state, job_images in zip(finished, images, strict=True)
+        ]
+
+    def _finish_alone(self, state: JobState) -> list[Outcome]:
+        return self._finish([state])
+
+    def _drop(self, states: list[JobState], error: tuple[str, str]) -> list[Outcome]:
+        gone = {s.job_id for s in states}
+        self.active = [s for s in self.active if s.job_id not in gone]
+        return [Outcome(s.job_id, error=error, warnings=s.warnings) for s in states]

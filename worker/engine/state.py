@@ -1,0 +1,78 @@
+"""What the engine holds per job: its request, and once admitted, its denoising state."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from app.core.jobs import JobParams
+
+
+@dataclass
+class EngineRequest:
+    """A job handed to the engine: its validated parameters and, for image-to-image, its
+    decoded init image. `deadline` is a `time.monotonic()` instant (None: no limit)."""
+
+    job_id: str
+    params: JobParams
+    init_image: Image.Image | None = None
+    deadline: float | None = None
+
+
+@dataclass
+class JobState:
+    """One admitted job: its own scheduler instance (timesteps, step index, multistep
+    history), latents, generators (seed + i) and conditioning. Conditioning tensors are
+    row-aligned with the denoiser's input: unconditional rows first when `cfg`."""
+
+    request: EngineRequest
+    scheduler: Any
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    generators: list[torch.Generator]
+    cfg: bool
+    guidance: float
+    cond: dict[str, torch.Tensor]
+    group: tuple  # jobs of equal group share a denoiser forward (latent shape and kind)
+    step_kwargs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific, not batched
+    warnings: list[str] = field(default_factory=list)
+    index: int = 0
+    last_run: int = -1  # the engine iteration that last stepped this job
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    @property
+    def timestep(self) -> torch.Tensor:
+        return self.timesteps[self.index]
+
+    @property
+    def rows(self) -> int:
+        """Rows this job adds to a denoiser forward."""
+        return self.latents.shape[0] * (2 if self.cfg else 1)
+
+
+@dataclass
+class Outcome:
+    """How a job left the engine: `images` when it finished, else an error code and message
+    (`canceled` for a cancel seen at a step boundary)."""
+
+    job_id: str
+    images: list[Image.Image] = field(default_factory=list)
+    error: tuple[str, str] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,24 @@
+"""Model families: the math of each architecture, behind one interface (`base.Family`)."""
+
+from typing import Any
+
+import torch
+
+from app.core.families import family_of
+from worker.families.base import Family
+
+
+def load_family(pipe: Any, device: torch.device, safety_checker: bool = True) -> Family:
+    """The family that runs `pipe` step by step; the fallback runs its own call."""
+    kind = family_of(type(pipe).__name__)
+    if kind == "unet":
+        from worker.families.unet import UNetFamily
+
+        return UNetFamily(pipe, device, safety_checker=safety_checker)
+    if kind == "flow":
+        from worker.families.flow import FlowFamily
+
+        return FlowFamily(pipe, device)
+    from worker.families.pipe import PipelineFamily
+
+    return PipelineFamily(pipe, device)

@@ -1,0 +1,238 @@
+"""U-Net latent diffusion (ε- or v-prediction): SD 1.x, SD 2.x, SDXL, SD-Turbo, SDXL-Turbo.
+
+Every formula is diffusers' own (`encode_prompt`, `retrieve_timesteps`, `get_timesteps`,
+`prepare_latents`, `_get_add_time_ids`, the VAE's scaling, the image processor), called on
+the loaded pipelines with each job's scheduler swapped in; this module only arranges rows."""
+
+import torch
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from PIL import Image
+
+from app.core.jobs import JobParams
+from worker.engine.schedulers import make_scheduler
+from worker.engine.state import EngineRequest, JobState
+from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
+
+
+def _rows(uncond: torch.Tensor, cond: torch.Tensor, cfg: bool) -> torch.Tensor:
+    return torch.cat([uncond, cond]) if cfg else cond
+
+
+class UNetFamily:
+    """The step-wise math of diffusers' StableDiffusion(XL) text- and image-to-image pipelines."""
+
+    name = "unet"
+
+    def __init__(self, pipe: DiffusionPipeline, device: torch.device, safety_checker: bool = True):
+        self.pipe = pipe
+        self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        for each in (self.pipe, self.img2img):
+            each.set_progress_bar_config(disable=True)
+        self.device = device
+        self.unet = pipe.unet
+        self.xl = hasattr(pipe, "text_encoder_2")
+        self.vae_scale = pipe.vae_scale_factor
+        self.native_size = pipe.unet.config.sample_size * self.vae_scale
+        self.size_multiple = self.vae_scale
+        self.safety_checker = safety_checker and getattr(pipe, "safety_checker", None) is not None
+        self.max_tokens = pipe.tokenizer.model_max_length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    def uses_cfg(self, params: JobParams) -> bool:
+        """Whether the job gets unconditional rows: diffusers' `do_classifier_free_guidance`."""
+        return params.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def check(self, params: JobParams, init_image: Image.Image | None) -> None:
+        for name in ("width", "height"):
+            if getattr(params, name) % self.size_multiple:
+                raise InvalidInput(f"{name} must be a multiple of {self.size_multiple}")
+        if (params.mode == "image-to-image") != (init_image is not None):
+            raise InvalidInput("image-to-image needs an init image, text-to-image none")
+        if params.denoising_steps < 1:
+            raise InvalidInput("strength * num_inference_steps must be at least 1")
+
+    def cost(self, params: JobParams) -> int:
+        latent_pixels = params.width * params.height // self.vae_scale**2
+        return params.num_images * (2 if self.uses_cfg(params) else 1) * latent_pixels
+
+    def prepare(self, requests: list[EngineRequest]) -> list[JobState]:
+        """Encode every newcomer's prompts in one text-encoder call, then set up each job."""
+        embeds = self._encode(requests)
+        states = []
+        for request, cond in zip(requests, embeds, strict=True):
+            states.append(self._prepare_one(request, cond))
+        return states
+
+    def _encode(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
+        prompts, negatives = [], []
+        for request in requests:
+            params = request.params
+            prompts += [params.prompt] * params.num_images
+            negatives += [params.negative_prompt or ""] * params.num_images
+        cfg = any(self.uses_cfg(request.params) for request in requests)
+        with torch.inference_mode():
+            if self.xl:
+                pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                    prompt=prompts,
+                    device=self.device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=cfg,
+                    negative_prompt=negatives,
+                )
+            else:
+                pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, cfg, negatives)
+                pooled = neg_pooled = None
+        conds, start = [], 0
+        for request in requests:
+            params = request.params
+            end = start + params.num_images
+            job_cfg = self.uses_cfg(params)
+            # SDXL gives a missing negative prompt zero embeddings, not those of "".
+            zero = self.xl and params.negative_prompt is None and self._force_zeros()
+            cond: dict[str, torch.Tensor] = {}
+            if job_cfg:
+                uncond = torch.zeros_like(pos[start:end]) if zero else neg[start:end]
+                cond["embeds"] = _rows(uncond, pos[start:end], True)
+            else:
+                cond["embeds"] = pos[start:end]
+            if pooled is not None:
+                text = pooled[start:end]
+                if job_cfg:
+                    uncond = torch.zeros_like(text) if zero else neg_pooled[start:end]
+                    text = torch.cat([uncond, text])
+                cond["text_embeds"] = text
+            conds.append(cond)
+            start = end
+        return conds
+
+    def _force_zeros(self) -> bool:
+        return bool(self.pipe.config.get("force_zeros_for_empty_prompt", False))
+
+    def _prepare_one(self, request: EngineRequest, cond: dict[str, torch.Tensor]) -> JobState:
+        params = request.params
+        n = params.num_images
+        cfg = self.uses_cfg(params)
+        scheduler = make_scheduler(params.scheduler, self.pipe.scheduler)
+        generators = seeded(params)
+        dtype = cond["embeds"].dtype
+        with torch.inference_mode():
+            timesteps, _ = retrieve_timesteps(scheduler, params.num_inference_steps, self.device)
+            if request.init_image is not None:
+                with scheduler_of(self.img2img, scheduler) as i2i:
+                    timesteps, _ = i2i.get_timesteps(
+                        params.num_inference_steps, params.strength, self.device
+                    )
+                    size = (params.width, params.height)
+                    image = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                    pixels = i2i.image_processor.preprocess(image)
+                    latents = i2i.prepare_latents(
+                        pixels, timesteps[:1].repeat(n), n, 1, dtype, self.device, generators
+                    )
+            else:
+                with scheduler_of(self.pipe, scheduler) as t2i:
+                    channels = self.pipe.unet.config.in_channels
+                    latents = t2i.prepare_latents(
+                        n, channels, params.height, params.width, dtype, self.device, generators
+                    )
+            with scheduler_of(self.pipe, scheduler) as pipe:
+                step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
+            rows = n * (2 if cfg else 1)
+            if self.xl:
+                projection = self.pipe.text_encoder_2.config.projection_dim
+                size = (params.height, params.width)
+                time_ids = self.pipe._get_add_time_ids(
+                    size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection
+                )
+                cond["time_ids"] = time_ids.to(self.device).repeat(rows, 1)
+            dim = self.pipe.unet.config.time_cond_proj_dim
+            if dim is not None:
+                # LCM-distilled U-Nets take the guidance scale as an embedding, not as rows.
+                scale = torch.tensor(params.guidance_scale - 1).repeat(rows)
+                embedding = self.pipe.get_guidance_scale_embedding(scale, embedding_dim=dim)
+                cond["timestep_cond"] = embedding.to(device=self.device, dtype=latents.dtype)
+        return JobState(
+            request=request,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            latents=latents,
+            generators=generators,
+            cfg=cfg,
+            guidance=params.guidance_scale,
+            cond=cond,
+            group=(self.name, params.height, params.width),
+            step_kwargs=step_kwargs,
+            warnings=self._prompt_warnings(params),
+        )
+
+    def _prompt_warnings(self, params: JobParams) -> list[str]:
+        warnings = []
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(params, field)
+            if text and len(self.pipe.tokenizer(text).input_ids) > self.max_tokens:
+                warnings.append(
+                    f"{field} is longer than the text encoder's {self.max_tokens} tokens; "
+                    "the rest was ignored"
+                )
+        return warnings
+
+    def forward(self, states: list[JobState]) -> list[torch.Tensor]:
+        inputs, timesteps = [], []
+        for state in states:
+            x = torch.cat([state.latents] * 2) if state.cfg else state.latents
+            x = state.scheduler.scale_model_input(x, state.timestep)
+            inputs.append(x)
+            # Per-sample timesteps: the U-Net embeds each row's own (as float, exactly).
+            timesteps.append(state.timestep.to(torch.float32).reshape(1).expand(x.shape[0]))
+        keys = states[0].cond.keys()
+        cond = {key: torch.cat([state.cond[key] for state in states]) for key in keys}
+        added = None
+        if self.xl:
+            added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+        with torch.inference_mode():
+            output = self.pipe.unet(
+                torch.cat(inputs),
+                torch.cat(timesteps).to(self.device),
+                encoder_hidden_states=cond["embeds"],
+                timestep_cond=cond.get("timestep_cond"),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+        return [guided(rows, state) for rows, state in zip(split_rows(output, states), states)]
+
+    def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
+        with torch.inference_mode():
+            latents = torch.cat([state.latents for state in states])
+            vae = self.pipe.vae
+            upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+            if upcast and self.xl:
+                vae.to(dtype=torch.float32)  # SDXL's VAE overflows in float16, as diffusers says
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+            image = vae.decode(latents, return_dict=False)[0]
+            if upcast and self.xl:
+                vae.to(dtype=torch.float16)
+            flagged: list[bool] | None = None
+            if self.safety_checker:
+                image, flagged = self.pipe.run_safety_checker(image, self.device, latents.dtype)
+            denormalize = [True] * image.shape[0] if flagged is None else [not f for f in flagged]
+            watermark = getattr(self.pipe, "watermark", None)
+            if watermark is not None:
+                image = watermark.apply_watermark(image)
+            images = self.pipe.image_processor.postprocess(
+                image, output_type="pil", do_denormalize=denormalize
+            )
+        out, start = [], 0
+        for state in states:
+            end = start + state.request.params.num_images
+            if flagged is not None and any(flagged[start:end]):
+                hit = [i for i in range(start, end) if flagged[i]]
+                state.warnings.append(
+                    f"the safety checker flagged image(s) {[i - start for i in hit]}: "
+                    "they are blacked out"
+                )
+            out.append(images[start:end])
+            start = end
+        return out
