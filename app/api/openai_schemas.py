@@ -11,8 +11,8 @@ class ImageGenerate(BaseModel):
     """OpenAI's `images.generate` body. Fields this service cannot honour but that change
     nothing about the picture (`quality`, `style`, `user`, ...) are accepted and ignored;
     anything else unknown is refused, as OpenAI does. `seed`, `negative_prompt`,
-    `num_inference_steps` and `guidance_scale` are this service's extensions (send them with
-    the openai package's `extra_body`)."""
+    `num_inference_steps`, `guidance_scale` and `scheduler` are this service's extensions
+    (send them with the openai package's `extra_body`)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -21,8 +21,9 @@ class ImageGenerate(BaseModel):
     n: int | None = Field(None, ge=1, description="How many images; 1..max_images, default 1.")
     size: str | None = Field(
         None,
-        description='"WIDTHxHEIGHT" (e.g. "512x512"; multiples of 8 within the limits of '
-        '/v1/models), or "auto" for the model\'s native size (the default).',
+        description='"WIDTHxHEIGHT" (e.g. "512x512"; multiples of the model\'s '
+        '`size_multiple`, within the limits of /v1/models), or "auto" for the model\'s '
+        "native size (the default).",
     )
     response_format: Literal["url", "b64_json"] | None = Field(
         None, description='"url" (default): links to the images; "b64_json": the bytes inline.'
@@ -45,6 +46,9 @@ class ImageGenerate(BaseModel):
     negative_prompt: str | None = Field(None, max_length=2000)
     num_inference_steps: int | None = Field(None, ge=1, description="Defaults to the model's.")
     guidance_scale: float | None = Field(None, ge=0, le=30, description="Defaults to the model's.")
+    scheduler: str | None = Field(
+        None, description="One of the model's `schedulers` in /v1/models; default the model's own."
+    )
 
 
 class ImageData(BaseModel):

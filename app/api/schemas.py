@@ -1,6 +1,11 @@
 """HTTP-only shapes: problem details and the models listing."""
 
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.core.families import Family
+from app.core.jobs import Mode
 
 
 class FieldProblem(BaseModel):
@@ -35,6 +40,18 @@ class ModelPublic(BaseModel):
     limits: ModelLimits
     queue_length: int
     live_workers: int
+    family: Family = Field(
+        description="unet (SD 1.x/2.x/XL/Turbo), flow (SD3, FLUX) or pipeline (run as one "
+        "diffusers call)."
+    )
+    size_multiple: int = Field(description="width and height must be multiples of this.")
+    schedulers: list[str] = Field(
+        description="Names a request's `scheduler` may take; empty: the model's own only."
+    )
+    modes: list[Mode]
+    engine: Literal["step", "pipeline"] = Field(
+        description="step: the worker's step loop; pipeline: the fallback, one diffusers call."
+    )
 
 
 class ModelList(BaseModel):

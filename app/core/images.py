@@ -53,10 +53,16 @@ def decode_init_image(data: str, max_bytes: int, max_pixels: int) -> Image.Image
     return image.convert("RGB")
 
 
-def fit_size(width: int, height: int, max_side: int, max_pixels: int) -> tuple[int, int]:
-    """The largest size with the same aspect within the limits, in multiples of 8, at least 64."""
+def fit_size(
+    width: int, height: int, max_side: int, max_pixels: int, multiple: int = 8
+) -> tuple[int, int]:
+    """The largest size with the same aspect within the limits, in multiples of `multiple`
+    (rounded down), at least 64."""
     scale = min(1.0, max_side / max(width, height), math.sqrt(max_pixels / (width * height)))
-    return tuple(max(64, int(side * scale) // 8 * 8) for side in (width, height))  # type: ignore[return-value]
+    smallest = -(-64 // multiple) * multiple
+    return tuple(  # type: ignore[return-value]
+        max(smallest, int(side * scale) // multiple * multiple) for side in (width, height)
+    )
 
 
 def encode_image(image: Image.Image, output_format: str) -> bytes:

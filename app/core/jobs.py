@@ -54,6 +54,11 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent.")
     output_format: OutputFormat = "png"
     model: str | None = Field(None, description="A served model; the server default when absent.")
+    scheduler: str | None = Field(
+        None,
+        description="A scheduler from the model's `schedulers` in /v1/models; "
+        "the model's own when absent.",
+    )
     webhook_url: str | None = Field(
         None,
         max_length=2048,
@@ -96,6 +101,8 @@ class JobParams(BaseModel):
     seed: int
     output_format: OutputFormat
     model: str
+    # None is the model's own scheduler; also what records stored before the field existed say.
+    scheduler: str | None = None
 
     @property
     def denoising_steps(self) -> int:
@@ -140,6 +147,11 @@ class Job(BaseModel):
     request: JobParams
     images: list[ImageInfo] = []
     error: JobError | None = None
+    warnings: list[str] = Field(
+        [],
+        description="What the worker changed or found about the picture, e.g. a prompt cut "
+        "at the text encoder's 77 tokens, VAE tiling, the safety checker's verdict.",
+    )
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

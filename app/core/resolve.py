@@ -1,5 +1,6 @@
 """Turn a client's `JobCreate` into `JobParams`: model defaults, deployment limits, the seed."""
 
+import math
 import secrets
 
 from app.core.errors import FieldError, InvalidRequest
@@ -19,6 +20,31 @@ def select_model(name: str | None, served: dict[str, ModelSpec], default: str) -
     return spec
 
 
+def _scheduler_error(scheduler: str | None, spec: ModelSpec) -> FieldError | None:
+    if scheduler is None or scheduler in spec.schedulers:
+        return None
+    if not spec.schedulers:
+        message = (
+            f"{spec.name} runs as one diffusers pipeline call and takes its own scheduler; "
+            "leave scheduler out"
+        )
+    else:
+        message = (
+            f"{scheduler!r} is not a scheduler of {spec.name} ({spec.family} model); "
+            f"choose one of {list(spec.schedulers)}"
+        )
+    return FieldError("body.scheduler", message)
+
+
+def _steps_for_strength(steps: int, strength: float) -> int:
+    """The fewest steps from `steps` up that run at least one denoising step at `strength`
+    (diffusers runs int(steps * strength) of them)."""
+    steps = max(steps, math.ceil(1 / strength))
+    while int(steps * strength) < 1:  # 1 / strength can round below the true quotient
+        steps += 1
+    return steps
+
+
 def resolve_request(
     body: JobCreate,
     spec: ModelSpec,
@@ -30,23 +56,48 @@ def resolve_request(
     img2img = init_size is not None
     if "strength" in body.model_fields_set and not img2img:
         errors.append(FieldError("body.strength", "strength only applies with init_image"))
+    if error := _scheduler_error(body.scheduler, spec):
+        errors.append(error)
 
+    multiple = spec.size_multiple
     if init_size and body.width is None and body.height is None:
         # Image-to-image keeps the init image's aspect unless told otherwise.
-        width, height = fit_size(*init_size, settings.max_side, settings.max_pixels)
+        width, height = fit_size(*init_size, settings.max_side, settings.max_pixels, multiple)
     else:
         width = body.width or spec.native_size
         height = body.height or spec.native_size
     for field, side in (("width", width), ("height", height)):
         if side > settings.max_side:
             errors.append(FieldError(f"body.{field}", f"must be at most {settings.max_side}"))
+        elif side % multiple:
+            errors.append(
+                FieldError(
+                    f"body.{field}",
+                    f"must be a multiple of {multiple} for {spec.name} ({spec.family} model); "
+                    f"try {side // multiple * multiple}",
+                )
+            )
     if width * height > settings.max_pixels:
         errors.append(
             FieldError("body.width", f"width*height must be at most {settings.max_pixels} pixels")
         )
 
     steps = body.num_inference_steps or spec.default_steps
-    if steps > settings.max_steps:
+    raised = False
+    if img2img and body.num_inference_steps is None:
+        # Turbo models default to 1 step, which runs nothing at strength < 1: a client that
+        # left steps to the model gets enough of them (diffusers: steps x strength >= 1).
+        needed = _steps_for_strength(steps, body.strength)
+        raised, steps = needed > steps, needed
+    if steps > settings.max_steps and raised:
+        errors.append(
+            FieldError(
+                "body.strength",
+                f"strength {body.strength} needs {steps} steps, more than the "
+                f"{settings.max_steps} allowed; raise strength",
+            )
+        )
+    elif steps > settings.max_steps:
         errors.append(
             FieldError("body.num_inference_steps", f"must be at most {settings.max_steps}")
         )
@@ -82,4 +133,5 @@ def resolve_request(
         seed=seed,
         output_format=body.output_format,
         model=spec.name,
+        scheduler=body.scheduler,
     )

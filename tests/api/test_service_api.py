@@ -101,6 +101,7 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "seed",
         "output_format",
         "model",
+        "scheduler",
         "webhook_url",
         "webhook_events",
     }
@@ -140,6 +141,7 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "request",
         "images",
         "error",
+        "warnings",
     } <= set(job)
 
 

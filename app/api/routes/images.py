@@ -28,6 +28,7 @@ _JOB_FIELDS = (
     "negative_prompt",
     "num_inference_steps",
     "guidance_scale",
+    "scheduler",
 )
 
 

@@ -41,7 +41,7 @@ def metrics(services: ServicesDep) -> Response:
     "/v1/models", response_model=ModelList, tags=["models"], responses={401: PROBLEM_RESPONSE}
 )
 def list_models(services: ServicesDep, _tenant: TenantDep) -> ModelList:
-    """The served models: defaults, limits, queue length and live workers."""
+    """The served models: defaults, limits, family, schedulers, queue length and live workers."""
     settings = services.settings
     limits = ModelLimits(
         max_side=settings.max_side,
@@ -61,6 +61,11 @@ def list_models(services: ServicesDep, _tenant: TenantDep) -> ModelList:
                 limits=limits,
                 queue_length=services.queue.depth(spec.name),
                 live_workers=services.workers.live(spec.name),
+                family=spec.family,
+                size_multiple=spec.size_multiple,
+                schedulers=list(spec.schedulers),
+                modes=list(spec.modes),
+                engine=spec.engine,
             )
             for spec in services.models.values()
         ]
