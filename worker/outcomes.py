@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 from redis.exceptions import RedisError
@@ -24,11 +24,15 @@ REDIS_GRACE_S = 60.0
 
 @dataclass
 class Task:
-    """One job of a batch: its parameters and, for image-to-image, its decoded init image."""
+    """One job the worker runs: its parameters, its RQ job, for image-to-image its decoded
+    init image, and what the engine noted about its images' fidelity."""
 
     job_id: str
     params: JobParams
     init_image: Image.Image | None = None
+    rq_id: str = ""
+    timeout: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def durably(write: Callable[..., bool], *args: object) -> bool:
@@ -73,13 +77,22 @@ class Outcomes:
             # RQ's failure callback tries again for the job RQ gave us.
             log.exception("could not record the failure of job %s", job_id)
 
+    def cancel(self, job_id: str, worker: str) -> None:
+        """The job stopped at a step boundary on request: canceled (if still ours)."""
+        try:
+            if durably(self.store.mark_canceled, job_id, worker):
+                log.info("job %s canceled", job_id)
+                self.metrics.job_ended(job_id, JobStatus.CANCELED)
+        except RedisError:
+            log.exception("could not record the cancel of job %s", job_id)
+
     def succeed(self, done: list[tuple[Task, list[Image.Image]]], worker: str) -> None:
         """Encode and store each job's images, then record its success."""
         for task, images in done:
             token = bind(job_id=task.job_id)
             try:
                 infos = self._store_images(task, images)
-                if durably(self.store.succeed, task.job_id, infos, worker):
+                if durably(self.store.succeed, task.job_id, infos, worker, task.warnings):
                     self.metrics.job_ended(task.job_id, JobStatus.SUCCEEDED)
                 else:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)

@@ -3,7 +3,7 @@
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 
 from redis.exceptions import RedisError
 
@@ -13,11 +13,12 @@ log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
-    """Writes the latest finished step of the running batch and reads its cancel flags.
+    """Writes the latest finished step of every active job and reads their cancel flags, in
+    one round trip for the whole active set.
 
-    The step callback only hands the step over (no I/O). The thread is woken at most every
-    `interval` seconds, since waking it costs the denoising loop the GIL; steps in between are
-    coalesced, so clients see the latest. A cancel is seen at most one interval later.
+    `report` only hands the steps over (no I/O). The thread is woken at most every `interval`
+    seconds, since waking it costs the denoising loop the GIL; steps in between are coalesced,
+    so clients see the latest. A cancel is seen at most one interval later.
     """
 
     def __init__(self, store: JobStore, worker: str = "", interval: float = 0.05) -> None:
@@ -25,22 +26,22 @@ class ProgressReporter:
         self.worker = worker
         self.interval = interval
         self._lock = threading.Condition()
-        self._pending: tuple[tuple[str, ...], int] | None = None
+        self._pending: dict[str, int] | None = None
         self._canceled: set[str] = set()
         self._busy = False
         self._woken_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
 
-    def report(self, job_ids: Sequence[str], step: int) -> None:
-        """Step `step` of these jobs is done; returns at once."""
+    def report(self, steps: Mapping[str, int]) -> None:
+        """These jobs have finished these steps; returns at once."""
         with self._lock:
-            self._pending = (tuple(job_ids), step)
+            self._pending = (self._pending or {}) | dict(steps)
             if (now := time.monotonic()) - self._woken_at >= self.interval:
                 self._woken_at = now
                 self._lock.notify()
 
-    def canceled(self, job_ids: Sequence[str]) -> set[str]:
+    def canceled(self, job_ids: Iterable[str]) -> set[str]:
         """Those of `job_ids` whose cancel has been requested, as last read."""
         with self._lock:
             return self._canceled.intersection(job_ids)
@@ -51,25 +52,30 @@ class ProgressReporter:
             self._lock.notify_all()
             self._lock.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def forget(self, job_ids: Sequence[str]) -> None:
-        """Drop what is known of jobs that have ended."""
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Drop what is known of jobs that have ended (a late step write must not follow)."""
         with self._lock:
-            self._canceled.difference_update(job_ids)
+            gone = set(job_ids)
+            self._canceled -= gone
+            if self._pending is not None:
+                self._pending = {k: v for k, v in self._pending.items() if k not in gone} or None
 
     def _loop(self) -> None:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._pending is not None)
-                job_ids, step = self._pending
+                steps = self._pending or {}
                 self._pending, self._busy = None, True
             canceled: set[str] = set()
             try:
-                canceled = self.store.report_progress(job_ids, step, self.worker)
+                canceled = self.store.report_progress(
+                    list(steps), list(steps.values()), self.worker
+                )
             except RedisError:
                 # Redis is away (a restart, a failover): denoise on; progress resumes after.
-                log.warning("progress not recorded at step %s", step)
+                log.warning("progress not recorded")
             except Exception:
-                log.exception("progress not recorded at step %s", step)  # the thread lives on
+                log.exception("progress not recorded")  # the thread lives on
             finally:
                 with self._lock:
                     self._canceled |= canceled

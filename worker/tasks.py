@@ -1,4 +1,7 @@
-"""The task RQ calls by its dotted path (`app.core.queue.TASK`), and the worker's one global."""
+"""The task RQ names by its dotted path (`app.core.queue.TASK`), and the worker's one global.
+
+Engine workers claim RQ jobs themselves (worker/claims.py) and never call `run_job`; it is
+there so that a plain `rq worker` pointed at the queue fails loudly instead of losing jobs."""
 
 from types import TracebackType
 
@@ -6,26 +9,24 @@ from redis import Redis
 from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 
-from app.core.jobs import JobError, JobParams
+from app.core.jobs import JobError
 from app.core.settings import get_settings
 from app.core.store import JobStore
-from worker.runner import Runner
+from worker.serve import Server
 
-# The resident pipeline (inside its runner): loaded once per process by `worker.main`.
-_runner: Runner | None = None
+# The resident pipeline (inside its server): loaded once per process by `worker.main`.
+_server: Server | None = None
 
 
-def install(runner: Runner) -> None:
-    """Make `runner` the one that runs this process's jobs."""
-    global _runner
-    _runner = runner
+def install(server: Server) -> None:
+    """Make `server` the one that runs this process's jobs."""
+    global _server
+    _server = server
 
 
 def run_job(job_id: str, params: dict) -> None:
-    """Entry point of every queued job: the payload is the job id and validated parameters."""
-    if _runner is None:
-        raise RuntimeError("no resident pipeline: start workers with `python -m worker`")
-    _runner.run(job_id, JobParams.model_validate(params))
+    """Entry point RQ would call; jobs are run by the engine, started with `python -m worker`."""
+    raise RuntimeError("jobs run on the step engine: start workers with `python -m worker`")
 
 
 def on_failure(
@@ -35,10 +36,10 @@ def on_failure(
     exc_value: BaseException,
     traceback: TracebackType | None,
 ) -> None:
-    """RQ's failure callback: ends the job record when the runner could not (a no-op otherwise).
+    """RQ's failure callback: ends the job record when the worker could not (a no-op otherwise).
 
     It runs for jobs whose worker died mid-job (RQ finds them abandoned) and for payloads
-    that never reached the runner; a job the runner already ended stays as it is.
+    a plain RQ worker took; a job the engine already ended stays as it is.
     """
     store = JobStore(connection, get_settings().result_ttl)
     job_id = job.args[0]  # the RQ job of a retry has an id of its own

@@ -55,7 +55,14 @@ class Settings(BaseSettings):
     max_batch: int | None = Field(
         None, ge=1, description="images a worker runs in one call; 1 turns batching off"
     )
-    compile: bool = Field(False, description="torch.compile the U-Net at start (CUDA)")
+    compile: bool = Field(False, description="torch.compile the denoiser at start (CUDA)")
+    vae_tiling: bool = Field(
+        False,
+        description="decode in tiles (less memory for large images; the picture changes slightly)",
+    )
+    safety_checker: bool = Field(
+        True, description="run a model's safety checker when it has one (SD 1.x); off: never"
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -105,6 +105,7 @@ class JobStore:
             request=JobParams.model_validate_json(fields["request"]),
             images=json.loads(fields.get("images", "[]")),
             error=json.loads(fields["error"]) if "error" in fields else None,
+            warnings=json.loads(fields.get("warnings", "[]")),
         )
 
     def _transition(
@@ -145,15 +146,24 @@ class JobStore:
             args += [job.job_id, job.rq_id, job.total_steps]
         return [raw.decode() for raw in self._claim_script(keys=keys, args=args)]
 
-    def report_progress(self, job_ids: Sequence[str], step: int, worker: str = "") -> set[str]:
-        """Record a finished denoising step for jobs running on `worker`; returns those whose
-        cancel was requested (one round trip for a whole batch)."""
+    def report_progress(
+        self, job_ids: Sequence[str], step: int | Sequence[int], worker: str = ""
+    ) -> set[str]:
+        """Record finished denoising steps for jobs running on `worker` (one step for all, or
+        one per job); returns those whose cancel was requested, in one round trip."""
+        steps = [step] * len(job_ids) if isinstance(step, int) else list(step)
         keys = [self.key(job_id) for job_id in job_ids]
-        flags = self._progress_script(keys=keys, args=[step, worker, self.result_ttl, *job_ids])
+        args: list[object] = [worker, self.result_ttl]
+        for job_id, done in zip(job_ids, steps, strict=True):
+            args += [job_id, done]
+        flags = self._progress_script(keys=keys, args=args)
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 
-    def succeed(self, job_id: str, images: list[ImageInfo], worker: str = "") -> bool:
-        """running → succeeded, with its images (only while `worker`, if named, owns it)."""
+    def succeed(
+        self, job_id: str, images: list[ImageInfo], worker: str = "", warnings: Sequence[str] = ()
+    ) -> bool:
+        """running → succeeded, with its images and what the worker noted about their
+        fidelity (only while `worker`, if named, owns it)."""
         payload = json.dumps([image.model_dump() for image in images])
         return self._transition(
             job_id,
@@ -162,6 +172,7 @@ class JobStore:
             worker,
             finished_at=_now(),
             images=payload,
+            warnings=json.dumps(list(warnings)),
         )
 
     def fail(self, job_id: str, error: JobError, worker: str = "") -> bool:

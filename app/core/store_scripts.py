@@ -91,39 +91,45 @@ for i = 0, #KEYS / 2 - 2 do
   local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local job_id, rq_id = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
   local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
-  if taken and rq_id ~= '' then redis.call('DEL', rq_key) end
   local state = redis.call('HMGET', job_key, 'status', 'worker')
+  local ours = state[1] == 'running' and state[2] == ARGV[1]
+  -- The RQ job stays for the worker's RQ bookkeeping, unless nobody will run it.
+  if taken and rq_id ~= '' and state[1] ~= 'queued' and not ours then
+    redis.call('DEL', rq_key)
+  end
   if taken and state[1] == 'queued' then
     redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
                'total_steps', ARGV[6 + 3 * i], 'worker', ARGV[1])
     redis.call('ZADD', KEYS[1], now, job_id)
     emit_status(job_key, job_id, ARGV[3], 'running')
     started[#started + 1] = job_id
-  elseif state[1] == 'running' and state[2] == ARGV[1] then
+  elseif ours then
     started[#started + 1] = job_id
   end
 end
 return started
 """
 
-# Records a finished step for each job of a batch still running on this worker, and reads
-# their cancel flags, in one round trip. A job's progress webhook goes out at most once a
-# second, and on its last step. Returns a 1 per job whose cancel was requested.
+# Records the latest finished step of each job of the active set still running on this worker
+# (each job at its own step), and reads their cancel flags, in one round trip. A job's progress
+# webhook goes out at most once a second, and on its last step. ARGV: worker, stream TTL, then
+# a job id and its step per key. Returns a 1 per job whose cancel was requested.
 PROGRESS = _EMIT + """
 local canceled = {}
 local now = tonumber(redis.call('TIME')[1])
 for i, key in ipairs(KEYS) do
+  local job_id, step = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   local state = redis.call('HMGET', key, 'status', 'worker', 'cancel', 'total_steps',
                            'webhook_events', 'webhook_progress_at')
-  if state[1] == 'running' and (ARGV[2] == '' or state[2] == ARGV[2]) then
-    redis.call('HSET', key, 'step', ARGV[1])
+  if state[1] == 'running' and (ARGV[1] == '' or state[2] == ARGV[1]) then
+    redis.call('HSET', key, 'step', step)
     local hook_event = nil
-    if state[5] and (ARGV[1] == state[4] or now > tonumber(state[6] or 0)) then
+    if state[5] and (step == state[4] or now > tonumber(state[6] or 0)) then
       hook_event = 'progress'
       redis.call('HSET', key, 'webhook_progress_at', now)
     end
-    emit(key, ARGV[3 + i], ARGV[3], hook_event,
-         'type', 'progress', 'step', ARGV[1], 'total_steps', state[4])
+    emit(key, job_id, ARGV[2], hook_event,
+         'type', 'progress', 'step', step, 'total_steps', state[4])
   end
   canceled[i] = state[3] == '1' and 1 or 0
 end

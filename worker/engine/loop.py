@@ -239,7 +239,7 @@ class Engine:
             free_memory(self.family.device)
             return [Outcome(finished[0].job_id, error=error, warnings=finished[0].warnings)]
         return [
-            Outcome(state.job_id, images=job_images, warnings=state.warnings)
+            Outcome(state.job_id, images=job_images, warnings=state.warnings, steps=state.index)
             for state, job_images in zip(finished, images, strict=True)
         ]
 

@@ -72,6 +72,7 @@ class Outcome:
     images: list[Image.Image] = field(default_factory=list)
     error: tuple[str, str] | None = None
     warnings: list[str] = field(default_factory=list)
+    steps: int = 0  # denoising steps it had finished
 
     @property
     def ok(self) -> bool:

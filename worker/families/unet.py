@@ -201,7 +201,8 @@ class UNetFamily:
                 added_cond_kwargs=added,
                 return_dict=False,
             )[0]
-        return [guided(rows, state) for rows, state in zip(split_rows(output, states), states)]
+        pairs = zip(split_rows(output, states), states, strict=True)
+        return [guided(rows, state) for rows, state in pairs]
 
     def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
         with torch.inference_mode():

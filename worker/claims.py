@@ -1,0 +1,79 @@
+"""Atomic claims from the model's RQ queue, made at step boundaries without blocking.
+
+The engine takes jobs in queue order (FIFO) while they fit its room; a job that runs again
+because its worker died (attempt > 1) runs alone, so a poison job cannot take others down."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+
+from app.core.jobs import JobParams
+from app.core.store import Claim, JobStore
+
+# How far down the queue one claim looks: bounded, so a long queue costs no more than a short one.
+LOOK_AHEAD = 32
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now runs: its id, its RQ job's id, parameters and attempt."""
+
+    job_id: str
+    rq_id: str
+    params: JobParams
+    attempt: int
+
+
+class Claims:
+    """Takes jobs off one model's queue for one worker."""
+
+    def __init__(self, redis: Redis, store: JobStore, queue_key: str, worker: str = "") -> None:
+        self.redis = redis
+        self.store = store
+        self.queue_key = queue_key
+        self.worker = worker
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the queue has a job (or `timeout` s pass), taking nothing: a left-to-left
+        BLMOVE of a list onto itself rotates nothing, it only wakes when there is work."""
+        return (
+            self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "LEFT") is not None
+        )
+
+    def take(
+        self, room: int, cost: Callable[[JobParams], int], engine_empty: bool
+    ) -> list[Claimed]:
+        """Claim waiting jobs in queue order while their cost fits `room` (the first always
+        fits an empty engine); a retried job only into an empty engine, and alone."""
+        rq_ids = [raw.decode() for raw in self.redis.lrange(self.queue_key, 0, LOOK_AHEAD - 1)]
+        if not rq_ids:
+            return []
+        job_ids = [rq_id.split("-", 1)[0] for rq_id in rq_ids]  # "<job>-<attempt>" for retries
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.store.key(job_id), "request", "attempt")
+        picked: list[Claimed] = []
+        for job_id, rq_id, (request, attempt) in zip(job_ids, rq_ids, pipe.execute(), strict=True):
+            if request is None:
+                continue  # canceled or expired meanwhile
+            claimed = Claimed(
+                job_id, rq_id, JobParams.model_validate_json(request), int(attempt or 1)
+            )
+            empty = engine_empty and not picked
+            if claimed.attempt > 1:
+                if empty:
+                    picked.append(claimed)
+                break  # it runs alone, and nothing passes it meanwhile
+            job_cost = cost(claimed.params)
+            if not empty and job_cost > room:
+                break  # FIFO: it waits for room rather than let later jobs pass it
+            picked.append(claimed)
+            room -= job_cost
+        if not picked:
+            return []
+        claims = [
+            Claim(c.job_id, c.rq_id, self.queue_key, c.params.denoising_steps) for c in picked
+        ]
+        started = set(self.store.claim(self.worker, claims))
+        return [c for c in picked if c.job_id in started]

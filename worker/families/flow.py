@@ -1,0 +1,318 @@
+"""Flow-matching transformers: SD3 / SD3.5 (MMDiT) and FLUX.1 schnell / dev.
+
+Every formula is diffusers' own (`encode_prompt`, `prepare_latents`, `retrieve_timesteps`,
+`calculate_shift`, `get_timesteps`, `_pack/_unpack_latents`, the VAE's scaling and shift
+factors, the image processor), called on the loaded pipelines with each job's scheduler
+swapped in; this module only arranges rows.
+
+Rows: SD3 gives a job unconditional rows (negative first) where guidance > 1, as the
+pipeline's `do_classifier_free_guidance`. FLUX embeds `guidance_scale` (dev; schnell has no
+guidance embedding) and runs true CFG where a job has a negative prompt and guidance > 1 —
+diffusers' `true_cfg_scale`, which it runs as a second forward; here the negative rows go in
+the same forward, so such jobs batch with the rest."""
+
+import inspect
+
+import numpy as np
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
+from PIL import Image
+
+from app.core.jobs import JobParams
+from worker.engine.schedulers import make_scheduler
+from worker.engine.state import EngineRequest, JobState
+from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
+
+
+def _default(pipe: DiffusionPipeline, argument: str) -> object:
+    """A default of the pipeline's own `__call__` (e.g. its `max_sequence_length`)."""
+    return inspect.signature(type(pipe).__call__).parameters[argument].default
+
+
+class FlowFamily:
+    """The step-wise math of diffusers' SD3 and FLUX text- and image-to-image pipelines."""
+
+    name = "flow"
+
+    def __init__(self, pipe: DiffusionPipeline, device: torch.device):
+        if "Img2Img" in type(pipe).__name__:
+            pipe = AutoPipelineForText2Image.from_pipe(pipe)
+        self.pipe = pipe
+        self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        for each in (self.pipe, self.img2img):
+            each.set_progress_bar_config(disable=True)
+        self.device = device
+        self.transformer = pipe.transformer
+        self.flux = hasattr(pipe, "_pack_latents")
+        self.vae_scale = pipe.vae_scale_factor
+        # As the pipelines' default height: SD3 reads the transformer's sample_size, FLUX has
+        # none and says 128 (a config that names one, as tiny-flux's, is taken at its word).
+        latent = self.transformer.config.get("sample_size") or pipe.default_sample_size
+        self.native_size = latent * self.vae_scale
+        self.patch = 2 if self.flux else self.transformer.config.patch_size
+        self.size_multiple = self.vae_scale * self.patch
+        # SD3 crops a fixed positional-embedding grid: larger latents cannot run.
+        grid = None if self.flux else self.transformer.config.get("pos_embed_max_size")
+        self.max_size = grid * self.patch * self.vae_scale if grid else None
+        # Equal text lengths across jobs (rows concatenate): always the pipeline's default.
+        self.max_sequence_length = int(_default(pipe, "max_sequence_length"))
+        self.guidance_embeds = self.flux and bool(self.transformer.config.guidance_embeds)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    def uses_cfg(self, params: JobParams) -> bool:
+        """Whether the job gets unconditional rows (SD3's CFG, FLUX's true CFG)."""
+        if self.flux:
+            return params.negative_prompt is not None and params.guidance_scale > 1
+        return params.guidance_scale > 1
+
+    def check(self, params: JobParams, init_image: Image.Image | None) -> None:
+        for name in ("width", "height"):
+            value = getattr(params, name)
+            if value % self.size_multiple:
+                raise InvalidInput(f"{name} must be a multiple of {self.size_multiple}")
+            if self.max_size is not None and value > self.max_size:
+                raise InvalidInput(f"{name} must be at most {self.max_size} for this model")
+        if (params.mode == "image-to-image") != (init_image is not None):
+            raise InvalidInput("image-to-image needs an init image, text-to-image none")
+        if params.denoising_steps < 1:
+            raise InvalidInput("strength * num_inference_steps must be at least 1")
+
+    def cost(self, params: JobParams) -> int:
+        latent_pixels = params.width * params.height // self.vae_scale**2
+        return params.num_images * (2 if self.uses_cfg(params) else 1) * latent_pixels
+
+    def prepare(self, requests: list[EngineRequest]) -> list[JobState]:
+        """Encode every newcomer's prompts in one text-encoder call, then set up each job."""
+        conds = self._encode_flux(requests) if self.flux else self._encode_sd3(requests)
+        return [self._prepare_one(r, c) for r, c in zip(requests, conds, strict=True)]
+
+    def _encode_sd3(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
+        prompts, negatives = [], []
+        for request in requests:
+            params = request.params
+            prompts += [params.prompt] * params.num_images
+            negatives += [params.negative_prompt or ""] * params.num_images
+        cfg = any(self.uses_cfg(request.params) for request in requests)
+        with torch.inference_mode():
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=negatives,
+                max_sequence_length=self.max_sequence_length,
+            )
+        conds, start = [], 0
+        for request in requests:
+            end = start + request.params.num_images
+            rows = slice(start, end)
+            if self.uses_cfg(request.params):
+                embeds = torch.cat([neg[rows], pos[rows]])
+                text = torch.cat([neg_pooled[rows], pooled[rows]])
+            else:
+                embeds, text = pos[rows], pooled[rows]
+            conds.append({"embeds": embeds, "pooled": text})
+            start = end
+        return conds
+
+    def _encode_flux(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
+        prompts, negatives = [], []
+        for request in requests:
+            params = request.params
+            prompts += [params.prompt] * params.num_images
+            if self.uses_cfg(params):
+                negatives += [params.negative_prompt] * params.num_images
+        with torch.inference_mode():
+            pos, pooled, _ = self.pipe.encode_prompt(
+                prompt=prompts,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
+            if negatives:
+                neg, neg_pooled, _ = self.pipe.encode_prompt(
+                    prompt=negatives,
+                    device=self.device,
+                    num_images_per_prompt=1,
+                    max_sequence_length=self.max_sequence_length,
+                )
+        conds, start, neg_start = [], 0, 0
+        for request in requests:
+            n = request.params.num_images
+            embeds, text = pos[start : start + n], pooled[start : start + n]
+            if self.uses_cfg(request.params):
+                negative = slice(neg_start, neg_start + n)
+                embeds = torch.cat([neg[negative], embeds])
+                text = torch.cat([neg_pooled[negative], text])
+                neg_start += n
+            cond = {"embeds": embeds, "pooled": text}
+            if self.guidance_embeds:
+                # As the pipeline: float32, one per row, unconditional rows alike.
+                scale = request.params.guidance_scale
+                cond["guidance"] = torch.full([embeds.shape[0]], scale, dtype=torch.float32)
+                cond["guidance"] = cond["guidance"].to(self.device)
+            conds.append(cond)
+            start += n
+        return conds
+
+    def _shift(self, scheduler: object, image_seq_len: int, max_shift: float) -> float:
+        """The resolution-dependent shift `mu`, with the pipelines' own config defaults."""
+        config = scheduler.config  # type: ignore[attr-defined]
+        return calculate_shift(
+            image_seq_len,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", max_shift),
+        )
+
+    def _timesteps(self, scheduler: object, params: JobParams, img2img: bool) -> torch.Tensor:
+        """`retrieve_timesteps` as each pipeline calls it (then `get_timesteps` for img2img)."""
+        steps = params.num_inference_steps
+        latent_h, latent_w = params.height // self.vae_scale, params.width // self.vae_scale
+        image_seq_len = (latent_h // self.patch) * (latent_w // self.patch)
+        kwargs: dict[str, object] = {}
+        if self.flux:
+            sigmas = np.linspace(1.0, 1 / steps, steps)
+            # FluxPipeline (text-to-image only) leaves flow sigmas to the scheduler.
+            if not img2img and getattr(scheduler.config, "use_flow_sigmas", False):  # type: ignore[attr-defined]
+                sigmas = None
+            kwargs = {"sigmas": sigmas, "mu": self._shift(scheduler, image_seq_len, 1.15)}
+        elif scheduler.config.get("use_dynamic_shifting", None):  # type: ignore[attr-defined]
+            kwargs = {"mu": self._shift(scheduler, image_seq_len, 1.16)}
+        timesteps, _ = retrieve_timesteps(scheduler, steps, self.device, **kwargs)
+        if img2img:
+            with scheduler_of(self.img2img, scheduler) as i2i:
+                timesteps, _ = i2i.get_timesteps(steps, params.strength, self.device)
+        elif self.flux:
+            scheduler.set_begin_index(0)  # type: ignore[attr-defined]
+        return timesteps
+
+    def _prepare_one(self, request: EngineRequest, cond: dict[str, torch.Tensor]) -> JobState:
+        params = request.params
+        n, height, width = params.num_images, params.height, params.width
+        scheduler = make_scheduler(params.scheduler, self.pipe.scheduler)
+        generators = seeded(params)
+        dtype = cond["embeds"].dtype
+        channels = self.transformer.config.in_channels // (4 if self.flux else 1)
+        extra: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            timesteps = self._timesteps(scheduler, params, request.init_image is not None)
+            if request.init_image is not None:
+                with scheduler_of(self.img2img, scheduler) as i2i:
+                    size = (width, height)
+                    image = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                    pixels = i2i.image_processor.preprocess(image, height=height, width=width)
+                    # One row per image: the pipelines encode row i with generator i.
+                    pixels = pixels.to(torch.float32).repeat(n, 1, 1, 1)
+                    start = timesteps[:1].repeat(n)
+                    if self.flux:
+                        latents, extra["img_ids"] = i2i.prepare_latents(
+                            pixels, start, n, channels, height, width, dtype, self.device,
+                            generators,
+                        )  # fmt: skip
+                    else:
+                        latents = i2i.prepare_latents(
+                            pixels, start, n, 1, dtype, self.device, generators
+                        )
+            else:
+                with scheduler_of(self.pipe, scheduler) as t2i:
+                    latents = t2i.prepare_latents(
+                        n, channels, height, width, dtype, self.device, generators
+                    )
+                if self.flux:
+                    latents, extra["img_ids"] = latents
+            if self.flux:
+                # The pipeline's text ids: zeros, one per text token, shared by every row.
+                dtype_ids = self.pipe.text_encoder.dtype
+                extra["txt_ids"] = torch.zeros(cond["embeds"].shape[1], 3).to(
+                    device=self.device, dtype=dtype_ids
+                )
+        return JobState(
+            request=request,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            latents=latents,
+            generators=generators,
+            cfg=self.uses_cfg(params),
+            guidance=params.guidance_scale,
+            cond=cond,
+            # txt_ids / img_ids are shared across a forward's rows: one size per group.
+            group=(self.name, height, width),
+            extra=extra,
+            warnings=self._prompt_warnings(params),
+        )
+
+    def _prompt_warnings(self, params: JobParams) -> list[str]:
+        encoders = [(self.pipe.tokenizer, self.pipe.tokenizer.model_max_length, "CLIP")]
+        t5 = self.pipe.tokenizer_2 if self.flux else self.pipe.tokenizer_3
+        if t5 is not None:
+            encoders.append((t5, self.max_sequence_length, "T5"))
+        warnings = []
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(params, field)
+            for tokenizer, limit, kind in encoders if text else ():
+                if len(tokenizer(text).input_ids) > limit:
+                    warnings.append(
+                        f"{field} is longer than the {kind} text encoder's {limit} tokens; "
+                        f"{kind} ignored the rest"
+                    )
+        return warnings
+
+    def forward(self, states: list[JobState]) -> list[torch.Tensor]:
+        inputs, timesteps = [], []
+        for state in states:
+            x = torch.cat([state.latents] * 2) if state.cfg else state.latents
+            inputs.append(x)
+            # Per-sample timesteps: each row carries its own job's.
+            t = state.timestep.expand(x.shape[0])
+            timesteps.append(t.to(x.dtype) / 1000 if self.flux else t)
+        keys = states[0].cond.keys()
+        cond = {key: torch.cat([state.cond[key] for state in states]) for key in keys}
+        with torch.inference_mode():
+            if self.flux:
+                output = self.transformer(
+                    hidden_states=torch.cat(inputs),
+                    timestep=torch.cat(timesteps),
+                    guidance=cond.get("guidance"),
+                    pooled_projections=cond["pooled"],
+                    encoder_hidden_states=cond["embeds"],
+                    txt_ids=states[0].extra["txt_ids"],
+                    img_ids=states[0].extra["img_ids"],
+                    return_dict=False,
+                )[0]
+            else:
+                output = self.transformer(
+                    hidden_states=torch.cat(inputs),
+                    timestep=torch.cat(timesteps),
+                    encoder_hidden_states=cond["embeds"],
+                    pooled_projections=cond["pooled"],
+                    return_dict=False,
+                )[0]
+        return [guided(rows, state) for rows, state in zip(split_rows(output, states), states)]
+
+    def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
+        params = states[0].request.params
+        with torch.inference_mode():
+            latents = torch.cat([state.latents for state in states])
+            if self.flux:
+                latents = self.pipe._unpack_latents(
+                    latents, params.height, params.width, self.vae_scale
+                )
+            vae = self.pipe.vae
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+            image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+            images = self.pipe.image_processor.postprocess(image, output_type="pil")
+        out, start = [], 0
+        for state in states:
+            end = start + state.request.params.num_images
+            out.append(images[start:end])
+            start = end
+        return out

@@ -1,0 +1,191 @@
+"""The worker's main loop: claim jobs at step boundaries, run engine iterations, end jobs.
+
+Each iteration: take what fits from the model's queue (without blocking while anything is
+active; blocking on the queue when idle), one engine iteration, the whole active set's
+progress and cancel flags in one round trip (on the progress thread), then retire: images
+go to storage and final states are written on the finishing thread, while the next step runs.
+"""
+
+import io
+import logging
+import signal
+import time
+from types import FrameType
+
+from PIL import Image
+from redis import Redis
+from redis.exceptions import RedisError
+
+from app.core.limits import ServiceRate
+from app.core.models import ModelSpec
+from app.core.queue import rq_queue
+from app.core.settings import Settings
+from app.core.storage import Storage, init_image_key
+from app.core.store import JobStore
+from worker.claims import Claimed, Claims
+from worker.engine.loop import Engine
+from worker.engine.state import EngineRequest, Outcome
+from worker.finisher import Finisher
+from worker.metrics import WorkerMetrics
+from worker.outcomes import Outcomes, Task
+from worker.progress import ProgressReporter
+from worker.rq_books import RQBooks
+
+log = logging.getLogger(__name__)
+
+RQ_BEAT_EVERY_S = 10.0
+IDLE_WAIT_S = 1.0
+
+
+class Server:
+    """Serves one model's queue with one engine until asked to stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spec: ModelSpec,
+        engine: Engine,
+        redis: Redis,
+        storage: Storage,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = JobStore(redis, settings.result_ttl)
+        self.storage = storage
+        self.metrics = metrics or WorkerMetrics(spec.name)
+        queue = rq_queue(redis, spec.name)
+        self.books = RQBooks(redis, queue)
+        self.name = self.books.name
+        self.claims = Claims(redis, self.store, queue.key, self.name)
+        self.progress = ProgressReporter(self.store, self.name)
+        self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics)
+        self.finisher = Finisher()
+        self.tasks: dict[str, Task] = {}
+        self.alone: str | None = None  # a retried job runs by itself
+        self.draining = False
+        self.stop_now = False
+        self._beaten_at = 0.0
+
+    def serve(self, burst: bool = False) -> None:
+        """Run until SIGTERM/SIGINT (the active jobs finish first; a second signal stops at
+        once) or, with `burst`, until the queue and the engine are empty."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self._register()
+            while not self.stop_now and not (self.draining and self.engine.idle):
+                if not self._take(burst):
+                    break
+                outcomes = self.engine.iterate()
+                self._report(outcomes)
+                for outcome in outcomes:
+                    self._retire(outcome)
+            for job_id in list(self.tasks):  # a forced stop: say so rather than leave them
+                self._retire(Outcome(job_id, error=("worker_lost", "the worker stopped")))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.finisher.close()  # the last images are stored before we leave
+            self.books.unregister()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.draining:
+            self.stop_now = True
+        self.draining = True
+        log.info("signal %d: finishing %d active jobs, taking no more", signum, len(self.tasks))
+
+    def _register(self) -> None:
+        while not self.stop_now:
+            try:
+                self.books.register()
+                return
+            except RedisError:
+                # Redis is away (a restart, a failover): keep the loaded pipeline and retry.
+                log.warning("could not register with Redis; retrying in 1 s")
+                time.sleep(1)
+
+    def _take(self, burst: bool) -> bool:
+        """Claim what fits; False when a burst run has nothing left to do."""
+        try:
+            if time.monotonic() - self._beaten_at > RQ_BEAT_EVERY_S:
+                self.books.beat()
+                self._beaten_at = time.monotonic()
+            if self.draining or self.alone is not None:
+                return True
+            if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
+                return not burst
+            empty = self.engine.idle
+            claimed = self.claims.take(self.engine.room(), self.engine.family.cost, empty)
+        except RedisError:
+            log.warning("lost Redis; taking jobs again in 1 s")
+            time.sleep(0 if self.engine.active else 1)
+            return True
+        for job in claimed:
+            self._start(job)
+        return True
+
+    def _start(self, job: Claimed) -> None:
+        task = Task(job.job_id, job.params, rq_id=job.rq_id)
+        self.tasks[job.job_id] = task
+        try:
+            task.timeout = self.books.started(job.rq_id) or self.settings.job_timeout
+        except Exception:
+            log.warning("could not mark job %s started in RQ", job.job_id, exc_info=True)
+            task.timeout = self.settings.job_timeout
+        try:
+            if job.params.mode == "image-to-image":
+                data = self.storage.get(init_image_key(job.job_id))
+                task.init_image = Image.open(io.BytesIO(data))
+                task.init_image.load()  # a bad file fails its own job here, nothing else
+        except Exception:
+            log.warning("could not load the init image of job %s", job.job_id, exc_info=True)
+            self._retire(Outcome(job.job_id, error=("invalid_input", "unreadable init image")))
+            return
+        if job.attempt > 1:
+            log.info("job %s runs again (attempt %d), alone", job.job_id, job.attempt)
+            self.alone = job.job_id
+        deadline = time.monotonic() + task.timeout
+        self.engine.submit(EngineRequest(job.job_id, job.params, task.init_image, deadline))
+
+    def _report(self, outcomes: list[Outcome]) -> None:
+        steps = {job_id: step for job_id, (step, _) in self.engine.progress().items()}
+        finished = {o.job_id: o.steps for o in outcomes if o.ok and o.job_id in self.tasks}
+        if steps or finished:
+            self.progress.report(steps | finished)
+        if finished:
+            self.progress.flush()  # their last step is written before their final state
+        for job_id in self.progress.canceled(self.tasks):
+            self.engine.cancel(job_id)
+
+    def _retire(self, outcome: Outcome) -> None:
+        task = self.tasks.pop(outcome.job_id, None)
+        if task is None:
+            return
+        if self.alone == task.job_id:
+            self.alone = None
+        task.warnings = outcome.warnings
+        worker = self.name
+        if outcome.ok:
+            self.progress.forget([task.job_id])
+            images = outcome.images
+
+            def finish() -> None:
+                self.outcomes.succeed([(task, images)], worker)
+                self.books.ended(task.rq_id)
+
+            self.finisher.submit(finish)
+            return
+        self.progress.forget([task.job_id])  # no late step write after the final state
+        self.progress.flush()
+        code, message = outcome.error or ("internal", "")
+        if code == "canceled":
+            self.outcomes.cancel(task.job_id, worker)
+            self.books.ended(task.rq_id)
+        else:
+            if code == "timeout":
+                message = f"the job ran longer than {task.timeout:g} s"
+            self.outcomes.fail(task.job_id, code, message, worker)
+            self.books.ended(task.rq_id, f"{code}: {message}")
+        self.outcomes.clean_up(task, worker)
