@@ -41,11 +41,9 @@ class Claims:
             self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "LEFT") is not None
         )
 
-    def take(
-        self, room: int, cost: Callable[[JobParams], int], engine_empty: bool
-    ) -> list[Claimed]:
-        """Claim waiting jobs in queue order while their cost fits `room` (the first always
-        fits an empty engine); a retried job only into an empty engine, and alone."""
+    def take(self, fits: Callable[[JobParams], bool], engine_empty: bool) -> list[Claimed]:
+        """Claim waiting jobs in queue order while they `fit` (the engine's admission, which
+        counts each job it lets in); a retried job only into an empty engine, and alone."""
         rq_ids = [raw.decode() for raw in self.redis.lrange(self.queue_key, 0, LOOK_AHEAD - 1)]
         if not rq_ids:
             return []
@@ -65,11 +63,9 @@ class Claims:
                 if empty:
                     picked.append(claimed)
                 break  # it runs alone, and nothing passes it meanwhile
-            job_cost = cost(claimed.params)
-            if not empty and job_cost > room:
+            if not fits(claimed.params):
                 break  # FIFO: it waits for room rather than let later jobs pass it
             picked.append(claimed)
-            room -= job_cost
         if not picked:
             return []
         claims = [

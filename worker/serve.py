@@ -117,7 +117,7 @@ class Server:
             if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
                 return not burst
             empty = self.engine.idle
-            claimed = self.claims.take(self.engine.room(), self.engine.family.cost, empty)
+            claimed = self.claims.take(self.engine.admission().take, empty)
         except RedisError:
             log.warning("lost Redis; taking jobs again in 1 s")
             time.sleep(0 if self.engine.active else 1)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from app.core.jobs import JobParams
 from worker.engine.state import EngineRequest, JobState, Outcome
 from worker.families.base import Family, InvalidInput
 
@@ -74,15 +75,13 @@ class Engine:
     def idle(self) -> bool:
         return not self.pending and not self.active
 
-    def load(self) -> int:
-        """The cost of every job held, admitted or not."""
-        return sum(self.family.cost(s.request.params) for s in self.active) + sum(
-            self.family.cost(r.params) for r in self.pending
-        )
-
-    def room(self) -> int:
-        """Cost that can still be taken on without making anyone wait a turn."""
-        return self.max_cost - self.load()
+    def admission(self) -> "Admission":
+        """What may join now: per group (latent shape), jobs fit while that group's cost stays
+        within `max_cost`; a group with nothing in it takes any one job."""
+        admission = Admission(self.family, self.max_cost)
+        for params in [s.request.params for s in self.active] + [r.params for r in self.pending]:
+            admission.add(params)
+        return admission
 
     def progress(self) -> dict[str, tuple[int, int]]:
         """Steps done and total per active job."""
@@ -132,7 +131,9 @@ class Engine:
     def _admit(self) -> list[Outcome]:
         if not self.pending:
             return []
-        used = sum(self.family.cost(s.request.params) for s in self.active)
+        admission = Admission(self.family, self.max_cost)
+        for state in self.active:
+            admission.add(state.request.params)
         newcomers: list[EngineRequest] = []
         outcomes: list[Outcome] = []
         while self.pending:
@@ -143,11 +144,9 @@ class Engine:
                 self.pending.popleft()
                 outcomes.append(Outcome(request.job_id, error=("invalid_input", str(exc))))
                 continue
-            cost = self.family.cost(request.params)
-            if (self.active or newcomers) and used + cost > self.max_cost:
+            if not admission.take(request.params):
                 break  # FIFO: it waits for room rather than let later jobs pass it
             newcomers.append(self.pending.popleft())
-            used += cost
         if newcomers:
             outcomes += self._prepare(newcomers)
         return outcomes
@@ -250,3 +249,30 @@ class Engine:
         gone = {s.job_id for s in states}
         self.active = [s for s in self.active if s.job_id not in gone]
         return [Outcome(s.job_id, error=error, warnings=s.warnings) for s in states]
+
+
+class Admission:
+    """Cost taken per group (see `Engine.admission`)."""
+
+    def __init__(self, family: Family, max_cost: int) -> None:
+        self.family = family
+        self.max_cost = max_cost
+        self.used: dict[tuple, int] = {}
+
+    def _group(self, params: JobParams) -> tuple:
+        group_of = getattr(self.family, "group_of", None)
+        return group_of(params) if group_of else (params.height, params.width)
+
+    def add(self, params: JobParams) -> None:
+        """Count a job already held."""
+        group = self._group(params)
+        self.used[group] = self.used.get(group, 0) + self.family.cost(params)
+
+    def take(self, params: JobParams) -> bool:
+        """Whether the job fits its group now; counts it if so."""
+        group, cost = self._group(params), self.family.cost(params)
+        used = self.used.get(group, 0)
+        if used and used + cost > self.max_cost:
+            return False
+        self.used[group] = used + cost
+        return True

@@ -79,8 +79,17 @@ class FlowFamily:
                 raise InvalidInput(f"{name} must be at most {self.max_size} for this model")
         if (params.mode == "image-to-image") != (init_image is not None):
             raise InvalidInput("image-to-image needs an init image, text-to-image none")
-        if params.denoising_steps < 1:
+        if self.denoising_steps(params) < 1:
             raise InvalidInput("strength * num_inference_steps must be at least 1")
+
+    @staticmethod
+    def denoising_steps(params: JobParams) -> int:
+        """Steps the SD3 / FLUX image-to-image pipelines run (their `get_timesteps`): one more
+        than `JobParams.denoising_steps` (SD's rounding) where steps x strength has a fraction."""
+        steps = params.num_inference_steps
+        if params.strength is None:
+            return steps
+        return steps - int(max(steps - min(steps * params.strength, steps), 0))
 
     def cost(self, params: JobParams) -> int:
         latent_pixels = params.width * params.height // self.vae_scale**2
@@ -296,7 +305,10 @@ class FlowFamily:
                     pooled_projections=cond["pooled"],
                     return_dict=False,
                 )[0]
-        return [guided(rows, state) for rows, state in zip(split_rows(output, states), states)]
+        return [
+            guided(rows, state)
+            for rows, state in zip(split_rows(output, states), states, strict=True)
+        ]
 
     def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
         params = states[0].request.params
