@@ -1,7 +1,8 @@
 # Device command. The GPU machine has torch, transformers, accelerate, safetensors, numpy and
-# pillow but no diffusers and no pydantic: their wheels (and their few missing dependencies)
-# are downloaded into .whl/ (git-ignored, see .git/info/exclude), and travel with the working
-# tree. Every device command starts with this prefix:
+# pillow but no diffusers and no pydantic: their wheels (and the few dependencies it may lack:
+# requests and its four, a huggingface_hub >= 1.32 that transformers 5.17 accepts, a newer
+# typing_extensions) are downloaded into .whl/, git-ignored (.git/info/exclude), so the device
+# call must name it in `carry` (11 MB). Every device command starts with this prefix:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 # and the whole call, install included, must end within 8 minutes:
