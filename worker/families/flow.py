@@ -12,6 +12,7 @@ diffusers' `true_cfg_scale`, which it runs as a second forward; here the negativ
 the same forward, so such jobs batch with the rest."""
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 from PIL import Image
 
+from app.core.families import FLOW_SCHEDULERS
 from app.core.jobs import JobParams
 from worker.engine.schedulers import make_scheduler
 from worker.engine.state import EngineRequest, JobState
@@ -71,6 +73,8 @@ class FlowFamily:
         return params.guidance_scale > 1
 
     def check(self, params: JobParams, init_image: Image.Image | None) -> None:
+        if params.scheduler not in (None, *FLOW_SCHEDULERS):
+            raise InvalidInput(f"scheduler must be one of {', '.join(FLOW_SCHEDULERS)}")
         for name in ("width", "height"):
             value = getattr(params, name)
             if value % self.size_multiple:
@@ -165,15 +169,15 @@ class FlowFamily:
             if self.guidance_embeds:
                 # As the pipeline: float32, one per row, unconditional rows alike.
                 scale = request.params.guidance_scale
-                cond["guidance"] = torch.full([embeds.shape[0]], scale, dtype=torch.float32)
-                cond["guidance"] = cond["guidance"].to(self.device)
+                guidance = torch.full([embeds.shape[0]], scale, dtype=torch.float32)
+                cond["guidance"] = guidance.to(self.device)
             conds.append(cond)
             start += n
         return conds
 
-    def _shift(self, scheduler: object, image_seq_len: int, max_shift: float) -> float:
+    def _shift(self, scheduler: Any, image_seq_len: int, max_shift: float) -> float:
         """The resolution-dependent shift `mu`, with the pipelines' own config defaults."""
-        config = scheduler.config  # type: ignore[attr-defined]
+        config = scheduler.config
         return calculate_shift(
             image_seq_len,
             config.get("base_image_seq_len", 256),
@@ -182,68 +186,69 @@ class FlowFamily:
             config.get("max_shift", max_shift),
         )
 
-    def _timesteps(self, scheduler: object, params: JobParams, img2img: bool) -> torch.Tensor:
+    def _timesteps(self, scheduler: Any, params: JobParams, img2img: bool) -> torch.Tensor:
         """`retrieve_timesteps` as each pipeline calls it (then `get_timesteps` for img2img)."""
         steps = params.num_inference_steps
         latent_h, latent_w = params.height // self.vae_scale, params.width // self.vae_scale
         image_seq_len = (latent_h // self.patch) * (latent_w // self.patch)
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}
         if self.flux:
             sigmas = np.linspace(1.0, 1 / steps, steps)
             # FluxPipeline (text-to-image only) leaves flow sigmas to the scheduler.
-            if not img2img and getattr(scheduler.config, "use_flow_sigmas", False):  # type: ignore[attr-defined]
+            if not img2img and getattr(scheduler.config, "use_flow_sigmas", False):
                 sigmas = None
             kwargs = {"sigmas": sigmas, "mu": self._shift(scheduler, image_seq_len, 1.15)}
-        elif scheduler.config.get("use_dynamic_shifting", None):  # type: ignore[attr-defined]
+        elif scheduler.config.get("use_dynamic_shifting", None):
             kwargs = {"mu": self._shift(scheduler, image_seq_len, 1.16)}
         timesteps, _ = retrieve_timesteps(scheduler, steps, self.device, **kwargs)
         if img2img:
             with scheduler_of(self.img2img, scheduler) as i2i:
                 timesteps, _ = i2i.get_timesteps(steps, params.strength, self.device)
         elif self.flux:
-            scheduler.set_begin_index(0)  # type: ignore[attr-defined]
+            scheduler.set_begin_index(0)
         return timesteps
+
+    def _start_latents(
+        self, request: EngineRequest, scheduler: Any, timesteps: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+        """A job's first latents, FLUX's image ids and the job's generators (seed + i), by the
+        pipelines' `prepare_latents`."""
+        params, generators = request.params, seeded(request.params)
+        n, height, width = params.num_images, params.height, params.width
+        channels = self.transformer.config.in_channels // (4 if self.flux else 1)
+        device = self.device
+        if request.init_image is None:
+            with scheduler_of(self.pipe, scheduler) as t2i:
+                out = t2i.prepare_latents(n, channels, height, width, dtype, device, generators)
+            latents, ids = out if self.flux else (out, None)
+            return latents, ids, generators
+        image = request.init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        with scheduler_of(self.img2img, scheduler) as i2i:
+            # One row per image as the pipelines get them (row i is encoded with generator i);
+            # a list keeps their memory layout, so half-precision convolutions match too.
+            pixels = i2i.image_processor.preprocess([image] * n, height=height, width=width)
+            pixels, start = pixels.to(torch.float32), timesteps[:1].repeat(n)
+            if self.flux:
+                latents, ids = i2i.prepare_latents(
+                    pixels, start, n, channels, height, width, dtype, device, generators
+                )
+                return latents, ids, generators
+            latents = i2i.prepare_latents(pixels, start, n, 1, dtype, device, generators)
+            return latents, None, generators
 
     def _prepare_one(self, request: EngineRequest, cond: dict[str, torch.Tensor]) -> JobState:
         params = request.params
-        n, height, width = params.num_images, params.height, params.width
         scheduler = make_scheduler(params.scheduler, self.pipe.scheduler)
-        generators = seeded(params)
-        dtype = cond["embeds"].dtype
-        channels = self.transformer.config.in_channels // (4 if self.flux else 1)
         extra: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
             timesteps = self._timesteps(scheduler, params, request.init_image is not None)
-            if request.init_image is not None:
-                with scheduler_of(self.img2img, scheduler) as i2i:
-                    size = (width, height)
-                    image = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-                    pixels = i2i.image_processor.preprocess(image, height=height, width=width)
-                    # One row per image: the pipelines encode row i with generator i.
-                    pixels = pixels.to(torch.float32).repeat(n, 1, 1, 1)
-                    start = timesteps[:1].repeat(n)
-                    if self.flux:
-                        latents, extra["img_ids"] = i2i.prepare_latents(
-                            pixels, start, n, channels, height, width, dtype, self.device,
-                            generators,
-                        )  # fmt: skip
-                    else:
-                        latents = i2i.prepare_latents(
-                            pixels, start, n, 1, dtype, self.device, generators
-                        )
-            else:
-                with scheduler_of(self.pipe, scheduler) as t2i:
-                    latents = t2i.prepare_latents(
-                        n, channels, height, width, dtype, self.device, generators
-                    )
-                if self.flux:
-                    latents, extra["img_ids"] = latents
+            dtype = cond["embeds"].dtype
+            latents, ids, generators = self._start_latents(request, scheduler, timesteps, dtype)
             if self.flux:
                 # The pipeline's text ids: zeros, one per text token, shared by every row.
+                text_ids = torch.zeros(cond["embeds"].shape[1], 3)
                 dtype_ids = self.pipe.text_encoder.dtype
-                extra["txt_ids"] = torch.zeros(cond["embeds"].shape[1], 3).to(
-                    device=self.device, dtype=dtype_ids
-                )
+                extra = {"img_ids": ids, "txt_ids": text_ids.to(self.device, dtype_ids)}
         return JobState(
             request=request,
             scheduler=scheduler,
@@ -254,7 +259,7 @@ class FlowFamily:
             guidance=params.guidance_scale,
             cond=cond,
             # txt_ids / img_ids are shared across a forward's rows: one size per group.
-            group=(self.name, height, width),
+            group=(self.name, params.height, params.width),
             extra=extra,
             warnings=self._prompt_warnings(params),
         )
@@ -267,8 +272,8 @@ class FlowFamily:
         warnings = []
         for field in ("prompt", "negative_prompt"):
             text = getattr(params, field)
-            for tokenizer, limit, kind in encoders if text else ():
-                if len(tokenizer(text).input_ids) > limit:
+            for tokenizer, limit, kind in encoders:
+                if text and len(tokenizer(text).input_ids) > limit:
                     warnings.append(
                         f"{field} is longer than the {kind} text encoder's {limit} tokens; "
                         f"{kind} ignored the rest"
@@ -285,30 +290,22 @@ class FlowFamily:
             timesteps.append(t.to(x.dtype) / 1000 if self.flux else t)
         keys = states[0].cond.keys()
         cond = {key: torch.cat([state.cond[key] for state in states]) for key in keys}
+        extra = {}
+        if self.flux:
+            ids = states[0].extra  # the same for every job of the group
+            extra = {"guidance": cond.get("guidance"), "txt_ids": ids["txt_ids"]}
+            extra["img_ids"] = ids["img_ids"]
         with torch.inference_mode():
-            if self.flux:
-                output = self.transformer(
-                    hidden_states=torch.cat(inputs),
-                    timestep=torch.cat(timesteps),
-                    guidance=cond.get("guidance"),
-                    pooled_projections=cond["pooled"],
-                    encoder_hidden_states=cond["embeds"],
-                    txt_ids=states[0].extra["txt_ids"],
-                    img_ids=states[0].extra["img_ids"],
-                    return_dict=False,
-                )[0]
-            else:
-                output = self.transformer(
-                    hidden_states=torch.cat(inputs),
-                    timestep=torch.cat(timesteps),
-                    encoder_hidden_states=cond["embeds"],
-                    pooled_projections=cond["pooled"],
-                    return_dict=False,
-                )[0]
-        return [
-            guided(rows, state)
-            for rows, state in zip(split_rows(output, states), states, strict=True)
-        ]
+            output = self.transformer(
+                hidden_states=torch.cat(inputs),
+                timestep=torch.cat(timesteps),
+                encoder_hidden_states=cond["embeds"],
+                pooled_projections=cond["pooled"],
+                return_dict=False,
+                **extra,
+            )[0]
+        pairs = zip(split_rows(output, states), states, strict=True)
+        return [guided(rows, state) for rows, state in pairs]
 
     def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
         params = states[0].request.params
