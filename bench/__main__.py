@@ -31,11 +31,9 @@ def run(quick: bool) -> dict[str, Any]:
         jobs=8 if quick else 32, rounds=1 if quick else 5, steps=4 if quick else 20
     )
     print("overhead ...", flush=True)
-    jobs = 30 if quick else 200
-    results["overhead_off"] = overhead.measure(jobs=jobs, max_batch=1)
-    # Batched calls are few: more jobs, so that enough calls follow RQ's start-up.
-    batch = results["throughput"]["max_batch"]
-    results["overhead_on"] = overhead.measure(jobs=jobs * 3, max_batch=batch)
+    results["overhead"] = overhead.measure(
+        jobs=16, rounds=1 if quick else 4, steps=4 if quick else 20
+    )
     print("submit ...", flush=True)
     results["submit"] = submit.measure(duration=1 if quick else 5)
     print("dispatch ...", flush=True)
@@ -55,10 +53,7 @@ def _cores() -> int:
 
 def report(r: dict[str, Any]) -> str:
     """The results as the markdown table the README quotes."""
-    t, off, on, d, m, f = (
-        r[k]
-        for k in ("throughput", "overhead_off", "overhead_on", "dispatch", "memory", "first_image")
-    )
+    t, o, d, m, f = (r[k] for k in ("throughput", "overhead", "dispatch", "memory", "first_image"))
     top = max(r["submit"], key=lambda row: row["concurrency"])
     rows = [
         (
@@ -74,17 +69,11 @@ def report(r: dict[str, Any]) -> str:
             "python -m bench.throughput",
         ),
         (
-            "Per-job overhead p50 / p99, batching off",
-            "< 2 ms",
-            f"{off['overhead_p50_ms']:.2f} / {off['overhead_p99_ms']:.2f} ms "
-            f"(RQ's share p50 {off['rq_p50_ms']:.2f} ms)",
+            f"Per-step engine overhead, batch {o['jobs']}, p50 (p90)",
+            "<= 5%",
+            f"{100 * o['step_overhead_p50']:.1f}% ({100 * o['step_overhead_p90']:.1f}%) of a "
+            f"{o['forward_ms']:.0f} ms step",
             "python -m bench.overhead",
-        ),
-        (
-            "Per-job overhead p50 / p99, batching on",
-            "< 2 ms",
-            f"{on['overhead_p50_ms']:.2f} / {on['overhead_p99_ms']:.2f} ms",
-            f"python -m bench.overhead --max-batch {on['max_batch']}",
         ),
     ]
     for s in r["submit"]:

@@ -26,15 +26,15 @@ class ProgressReporter:
         self.worker = worker
         self.interval = interval
         self._lock = threading.Condition()
-        self._pending: dict[str, int] | None = None
+        self._pending: dict[str, tuple[int, int]] | None = None
         self._canceled: set[str] = set()
         self._busy = False
         self._woken_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
 
-    def report(self, steps: Mapping[str, int]) -> None:
-        """These jobs have finished these steps; returns at once."""
+    def report(self, steps: Mapping[str, tuple[int, int]]) -> None:
+        """These jobs have finished these (step, of total) steps; returns at once."""
         with self._lock:
             self._pending = (self._pending or {}) | dict(steps)
             if (now := time.monotonic()) - self._woken_at >= self.interval:
@@ -68,9 +68,9 @@ class ProgressReporter:
                 self._pending, self._busy = None, True
             canceled: set[str] = set()
             try:
-                canceled = self.store.report_progress(
-                    list(steps), list(steps.values()), self.worker
-                )
+                done = [step for step, _ in steps.values()]
+                totals = [total for _, total in steps.values()]
+                canceled = self.store.report_progress(list(steps), done, self.worker, totals)
             except RedisError:
                 # Redis is away (a restart, a failover): denoise on; progress resumes after.
                 log.warning("progress not recorded")

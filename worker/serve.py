@@ -150,8 +150,10 @@ class Server:
         self.engine.submit(EngineRequest(job.job_id, job.params, task.init_image, deadline))
 
     def _report(self, outcomes: list[Outcome]) -> None:
-        steps = {job_id: step for job_id, (step, _) in self.engine.progress().items()}
-        finished = {o.job_id: o.steps for o in outcomes if o.ok and o.job_id in self.tasks}
+        steps = self.engine.progress()
+        finished = {
+            o.job_id: (o.steps, o.steps) for o in outcomes if o.ok and o.job_id in self.tasks
+        }
         if steps or finished:
             self.progress.report(steps | finished)
         if finished:

@@ -147,15 +147,20 @@ class JobStore:
         return [raw.decode() for raw in self._claim_script(keys=keys, args=args)]
 
     def report_progress(
-        self, job_ids: Sequence[str], step: int | Sequence[int], worker: str = ""
+        self,
+        job_ids: Sequence[str],
+        step: int | Sequence[int],
+        worker: str = "",
+        totals: Sequence[int] | None = None,
     ) -> set[str]:
         """Record finished denoising steps for jobs running on `worker` (one step for all, or
-        one per job); returns those whose cancel was requested, in one round trip."""
+        one per job, with the totals their schedulers run when given); returns those whose
+        cancel was requested, in one round trip."""
         steps = [step] * len(job_ids) if isinstance(step, int) else list(step)
         keys = [self.key(job_id) for job_id in job_ids]
         args: list[object] = [worker, self.result_ttl]
-        for job_id, done in zip(job_ids, steps, strict=True):
-            args += [job_id, done]
+        for job_id, done, total in zip(job_ids, steps, totals or [""] * len(job_ids), strict=True):
+            args += [job_id, done, total]
         flags = self._progress_script(keys=keys, args=args)
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 

@@ -111,25 +111,27 @@ return started
 """
 
 # Records the latest finished step of each job of the active set still running on this worker
-# (each job at its own step), and reads their cancel flags, in one round trip. A job's progress
-# webhook goes out at most once a second, and on its last step. ARGV: worker, stream TTL, then
-# a job id and its step per key. Returns a 1 per job whose cancel was requested.
+# (each job at its own step, with the total its scheduler really runs), and reads their cancel
+# flags, in one round trip. A job's progress webhook goes out at most once a second, and on its
+# last step. ARGV: worker, stream TTL, then a job id, its step and its total per key. Returns a
+# 1 per job whose cancel was requested.
 PROGRESS = _EMIT + """
 local canceled = {}
 local now = tonumber(redis.call('TIME')[1])
 for i, key in ipairs(KEYS) do
-  local job_id, step = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local job_id, step, total = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
   local state = redis.call('HMGET', key, 'status', 'worker', 'cancel', 'total_steps',
                            'webhook_events', 'webhook_progress_at')
   if state[1] == 'running' and (ARGV[1] == '' or state[2] == ARGV[1]) then
-    redis.call('HSET', key, 'step', step)
+    if total == '' then total = state[4] end
+    redis.call('HSET', key, 'step', step, 'total_steps', total)
     local hook_event = nil
-    if state[5] and (step == state[4] or now > tonumber(state[6] or 0)) then
+    if state[5] and (step == total or now > tonumber(state[6] or 0)) then
       hook_event = 'progress'
       redis.call('HSET', key, 'webhook_progress_at', now)
     end
     emit(key, job_id, ARGV[2], hook_event,
-         'type', 'progress', 'step', step, 'total_steps', state[4])
+         'type', 'progress', 'step', step, 'total_steps', total)
   end
   canceled[i] = state[3] == '1' and 1 or 0
 end

@@ -233,9 +233,11 @@ class Engine:
             if len(finished) > 1:
                 free_memory(self.family.device)
                 return [o for state in finished for o in self._finish_alone(state)]
+            free_memory(self.family.device)
+            if is_out_of_memory(exc) and (tiled := self._decode_in_tiles(finished[0])):
+                return tiled
             error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
             log.warning("could not decode job %s", finished[0].job_id, exc_info=True)
-            free_memory(self.family.device)
             return [Outcome(finished[0].job_id, error=error, warnings=finished[0].warnings)]
         return [
             Outcome(state.job_id, images=job_images, warnings=state.warnings, steps=state.index)
@@ -244,6 +246,25 @@ class Engine:
 
     def _finish_alone(self, state: JobState) -> list[Outcome]:
         return self._finish([state])
+
+    def _decode_in_tiles(self, state: JobState) -> list[Outcome] | None:
+        """Out of memory decoding one job: decode it in tiles (which changes the picture
+        slightly, so the job says so); None where tiling is not possible or already on."""
+        vae = getattr(getattr(self.family, "pipe", None), "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling") or getattr(vae, "use_tiling", True):
+            return None
+        vae.enable_tiling()
+        try:
+            (images,) = self.family.decode([state])
+        except Exception:
+            log.warning("could not decode job %s in tiles either", state.job_id, exc_info=True)
+            return None
+        finally:
+            vae.disable_tiling()
+        state.warnings.append(
+            "the VAE ran out of memory and decoded in tiles, which changes the picture slightly"
+        )
+        return [Outcome(state.job_id, images=images, warnings=state.warnings, steps=state.index)]
 
     def _drop(self, states: list[JobState], error: tuple[str, str]) -> list[Outcome]:
         gone = {s.job_id for s in states}

@@ -9,6 +9,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from PIL import Image
 
+from app.core.families import UNET_SCHEDULERS
 from app.core.jobs import JobParams
 from worker.engine.schedulers import make_scheduler
 from worker.engine.state import EngineRequest, JobState
@@ -54,6 +55,8 @@ class UNetFamily:
             raise InvalidInput("image-to-image needs an init image, text-to-image none")
         if params.denoising_steps < 1:
             raise InvalidInput("strength * num_inference_steps must be at least 1")
+        if params.scheduler is not None and params.scheduler not in UNET_SCHEDULERS:
+            raise InvalidInput(f"scheduler must be one of {list(UNET_SCHEDULERS)}")
 
     def cost(self, params: JobParams) -> int:
         latent_pixels = params.width * params.height // self.vae_scale**2
