@@ -1,7 +1,16 @@
-"""Valid objects for tests to vary."""
+"""Valid objects for tests to vary, and small helpers to read what a worker made."""
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from app.core.jobs import JobParams, new_job_id
 from app.core.queue import JobQueue
+from app.core.storage import Storage, image_key
+from app.core.store import JobStore
 
 
 def make_params(**changes: object) -> JobParams:
@@ -30,14 +39,36 @@ def submitted(queue: JobQueue, params: JobParams) -> str:
     return job_id
 
 
-def cancel_at_step(queue: JobQueue, job_id: str, step: int = 3) -> None:
-    """Have the API's cancel of `job_id` arrive once the job has run `step` steps."""
-    store = queue.store
+def cancel_at_step(
+    queue: JobQueue, job_id: str, step: int = 3, store: JobStore | None = None
+) -> None:
+    """Have the API's cancel of `job_id` arrive once the job has run `step` steps.
+
+    `store` is the one whose progress reports are watched: a worker's own (`Server.store`),
+    or by default the queue's. Reports carry one step for all jobs or one per job."""
+    store = store or queue.store
     real_report = store.report_progress
 
-    def report(jobs: list[str], done: int, worker: str) -> set[str]:
-        if done >= step and not store.get(job_id).cancel_requested:
-            queue.cancel(job_id, store.get(job_id).model)
-        return real_report(jobs, done, worker)
+    def report(jobs: list[str], done: int | Sequence[int], *args: Any, **kwargs: Any) -> set[str]:
+        steps = [done] * len(jobs) if isinstance(done, int) else list(done)
+        mine = dict(zip(jobs, steps, strict=True)).get(job_id)
+        if mine is not None and mine >= step and not queue.store.get(job_id).cancel_requested:
+            queue.cancel(job_id, queue.store.get(job_id).model)
+        return real_report(jobs, done, *args, **kwargs)
 
     store.report_progress = report  # type: ignore[method-assign]
+
+
+def stored_image(storage: Storage, job_id: str, index: int = 0, fmt: str = "png") -> Image.Image:
+    """Image `index` of a job, as the worker stored it."""
+    image = Image.open(io.BytesIO(storage.get(image_key(job_id, index, fmt))))
+    image.load()
+    return image
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference of any pixel channel, in 8-bit levels."""
+    assert a.size == b.size
+    pa = np.asarray(a.convert("RGB"), dtype=np.int16)
+    pb = np.asarray(b.convert("RGB"), dtype=np.int16)
+    return int(np.abs(pa - pb).max())

@@ -1,4 +1,4 @@
-"""A worker's own metrics, observed while the runner runs real jobs on the tiny model."""
+"""A worker's own metrics, observed while its server runs real jobs on the tiny model."""
 
 import time
 from pathlib import Path
@@ -7,18 +7,20 @@ import httpx
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
-from app.core.jobs import new_job_id
+from app.core.jobs import JobStatus, new_job_id
+from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.settings import Settings
 from app.core.storage import LocalStorage
 from scripts.procs import free_port
 from tests.factories import cancel_at_step, make_params, submitted
-from tests.worker.test_batching import take
-from tests.worker.test_runner import Failing
+from tests.worker.conftest import Forwards, ServerFactory
+from worker.engine.state import JobState
 from worker.metrics import GpuMemory, WorkerMetrics, created_at
 from worker.pipeline import ResidentPipeline
-from worker.runner import Runner
+from worker.serve import Server
 
 MODEL = "tiny-sd"
 GPU_FAMILIES = {
@@ -43,50 +45,51 @@ def test_job_ids_tell_when_the_job_was_created() -> None:
         assert created_at(foreign) is None
 
 
-def test_a_batch_is_timed_counted_and_its_jobs_end_succeeded(
-    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
-) -> None:
-    metrics = WorkerMetrics(MODEL, resident.device)
-    first = submitted(queue, make_params(seed=1))
-    submitted(queue, make_params(seed=2, num_images=2))  # waits behind it: joins its batch
-    take(queue, first)
-    submitted_at = time.time()
-    runner = Runner(resident, queue.store, LocalStorage(tmp_path), max_batch=8, metrics=metrics)
-    runner.run(first, make_params(seed=1))
-    assert value(metrics, "ldm_worker_denoise_seconds_count") == 1
-    assert value(metrics, "ldm_worker_denoise_seconds_sum") > 0
-    assert value(metrics, "ldm_worker_batch_images_count") == 1
-    assert value(metrics, "ldm_worker_batch_images_sum") == 3  # 1 + 2 images, one call
-    assert value(metrics, "ldm_worker_jobs_finished_total", status="succeeded") == 2
-    latency = "ldm_worker_job_latency_seconds"
-    assert value(metrics, f"{latency}_count", status="succeeded") == 2
-    mean = value(metrics, f"{latency}_sum", status="succeeded") / 2
-    assert 0 < mean <= time.time() - submitted_at + 5  # created moments before the run
-
-
-def test_failures_and_cancels_are_counted_by_status(
-    queue: JobQueue, resident: ResidentPipeline, tmp_path: Path
+def test_finished_jobs_are_counted_by_status_with_their_latency(
+    queue: JobQueue, forwards: Forwards, make_server: ServerFactory
 ) -> None:
     metrics = WorkerMetrics(MODEL)
-    broken = submitted(queue, make_params())
-    take(queue, broken)
-    with pytest.raises(KeyError):
-        Runner(Failing(KeyError("bug")), queue.store, LocalStorage(tmp_path), metrics=metrics).run(
-            broken, make_params()
-        )
-    assert value(metrics, "ldm_worker_jobs_finished_total", status="failed") == 1
-    assert value(metrics, "ldm_worker_job_latency_seconds_count", status="failed") == 1
-    assert value(metrics, "ldm_worker_denoise_seconds_count") == 0  # no call completed
+    succeeded = [submitted(queue, make_params(seed=s, num_inference_steps=3)) for s in (1, 2)]
+    failed = submitted(queue, make_params(seed=3, num_inference_steps=3, width=128, height=128))
+    canceled = submitted(queue, make_params(seed=4, num_inference_steps=30))
+    submitted_at = time.time()
 
-    params = make_params(num_inference_steps=40)
-    job_id = submitted(queue, params)
-    take(queue, job_id)
-    store = queue.store
-    cancel_at_step(queue, job_id)
-    Runner(resident, store, LocalStorage(tmp_path), metrics=metrics).run(job_id, params)
-    assert value(metrics, "ldm_worker_jobs_finished_total", status="canceled") == 1
-    assert value(metrics, "ldm_worker_job_latency_seconds_count", status="canceled") == 1
-    assert value(metrics, "ldm_worker_jobs_finished_total", status="succeeded") == 0
+    def broken_at_128(states: list[JobState]) -> None:
+        if states[0].request.params.width == 128:
+            raise KeyError("bug")
+
+    forwards.hook = broken_at_128
+    server = make_server(metrics=metrics)
+    cancel_at_step(queue, canceled, step=2, store=server.store)
+    server.serve(burst=True)
+    ends = {
+        JobStatus.SUCCEEDED: succeeded,
+        JobStatus.FAILED: [failed],
+        JobStatus.CANCELED: [canceled],
+    }
+    finished = "ldm_worker_jobs_finished_total"
+    latency = "ldm_worker_job_latency_seconds"
+    for status, ids in ends.items():
+        assert [queue.store.get(job_id).status for job_id in ids] == [status] * len(ids)
+        assert value(metrics, finished, status=status.value) == len(ids)
+        assert value(metrics, f"{latency}_count", status=status.value) == len(ids)
+        mean = value(metrics, f"{latency}_sum", status=status.value) / len(ids)
+        assert 0 < mean <= time.time() - submitted_at + 5  # created moments before the run
+
+
+def test_denoising_is_timed_and_its_batch_sizes_counted(
+    queue: JobQueue, make_server: ServerFactory
+) -> None:
+    # The dashboard's "denoise time" and "images per forward" panels read these.
+    metrics = WorkerMetrics(MODEL)
+    submitted(queue, make_params(seed=1))
+    submitted(queue, make_params(seed=2, num_images=2))
+    make_server(metrics=metrics).serve(burst=True)
+    assert value(metrics, "ldm_worker_denoise_seconds_count") >= 1
+    assert value(metrics, "ldm_worker_denoise_seconds_sum") > 0
+    assert value(metrics, "ldm_worker_batch_images_count") >= 1
+    assert value(metrics, "ldm_worker_batch_images_sum") >= 3  # 1 + 2 images at least
+    assert value(metrics, "ldm_worker_jobs_finished_total", status="succeeded") == 2
 
 
 def test_metrics_are_served_over_http_and_gpu_memory_only_on_cuda(
@@ -94,6 +97,7 @@ def test_metrics_are_served_over_http_and_gpu_memory_only_on_cuda(
 ) -> None:
     metrics = WorkerMetrics(MODEL, resident.device)
     metrics.batch_done(4, 0.5)
+    metrics.job_ended(new_job_id(), JobStatus.SUCCEEDED)
     assert metrics.serve(None) is None  # LDM_WORKER_METRICS_PORT unset: nothing listens
     served = metrics.serve(free_port())
     assert served is not None
@@ -119,16 +123,16 @@ def test_gpu_families_are_the_ones_dashboards_query() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_memory_is_reported_on_cuda(
-    queue: JobQueue, model_cache: Path, tmp_path: Path
+    queue: JobQueue, redis: Redis, settings: Settings, model_cache: Path, tmp_path: Path
 ) -> None:
-    pipeline = ResidentPipeline.load(
-        Settings(model=MODEL, model_cache=model_cache, device="cuda")
-    )
+    pipeline = ResidentPipeline.load(Settings(model=MODEL, model_cache=model_cache, device="cuda"))
     metrics = WorkerMetrics(MODEL, pipeline.device)
     job_id = submitted(queue, make_params())
-    Runner(pipeline, queue.store, LocalStorage(tmp_path), metrics=metrics).run(
-        job_id, make_params()
+    server = Server(
+        settings, model_spec(settings), pipeline.engine(8), redis, LocalStorage(tmp_path), metrics
     )
+    server.serve(burst=True)
+    assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
     labels = {"device": str(pipeline.device)}
     total = value(metrics, "ldm_worker_gpu_memory_total_bytes", **labels)
     allocated = value(metrics, "ldm_worker_gpu_memory_allocated_bytes", **labels)
