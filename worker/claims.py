@@ -33,6 +33,9 @@ class Claims:
         self.store = store
         self.queue_key = queue_key
         self.worker = worker
+        # The job at the head that did not fit last time: until it leaves the head or the
+        # engine frees room, peeking again would only parse the same requests again.
+        self.blocked: str | None = None
 
     def wait(self, timeout: float) -> bool:
         """Block until the queue has a job (or `timeout` s pass), taking nothing: a left-to-left
@@ -41,9 +44,17 @@ class Claims:
             self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "LEFT") is not None
         )
 
+    def still_blocked(self) -> bool:
+        """Whether the job that did not fit is still first in line (one cheap round trip)."""
+        if self.blocked is None:
+            return False
+        head = self.redis.lindex(self.queue_key, 0)
+        return head is not None and head.decode() == self.blocked
+
     def take(self, fits: Callable[[JobParams], bool], engine_empty: bool) -> list[Claimed]:
         """Claim waiting jobs in queue order while they `fit` (the engine's admission, which
         counts each job it lets in); a retried job only into an empty engine, and alone."""
+        self.blocked = None
         rq_ids = [raw.decode() for raw in self.redis.lrange(self.queue_key, 0, LOOK_AHEAD - 1)]
         if not rq_ids:
             return []
@@ -62,8 +73,11 @@ class Claims:
             if claimed.attempt > 1:
                 if empty:
                     picked.append(claimed)
+                else:
+                    self.blocked = rq_id
                 break  # it runs alone, and nothing passes it meanwhile
             if not fits(claimed.params):
+                self.blocked = rq_id
                 break  # FIFO: it waits for room rather than let later jobs pass it
             picked.append(claimed)
         if not picked:

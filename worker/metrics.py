@@ -90,14 +90,14 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         self.denoise = Histogram(
             "ldm_worker_denoise_seconds",
-            "Time of one pipeline call for a batch (text encoder, denoising steps, VAE decode)",
+            "Time of one denoiser forward over the active jobs of one latent shape (one step)",
             ["model"],
             registry=self.registry,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30),
         )
         self.batch_images = Histogram(
             "ldm_worker_batch_images",
-            "Images made by one pipeline call",
+            "Images in one denoiser forward (jobs at their own steps)",
             ["model"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
@@ -119,7 +119,7 @@ class WorkerMetrics:
             self.registry.register(GpuMemory(device, model))
 
     def batch_done(self, images: int, seconds: float) -> None:
-        """A pipeline call made `images` images in `seconds`."""
+        """One denoiser forward over `images` images took `seconds`."""
         self.denoise.labels(self.model).observe(seconds)
         self.batch_images.labels(self.model).observe(images)
 

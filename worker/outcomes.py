@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 # How long a finished job waits for Redis to come back (a failover takes seconds).
 REDIS_GRACE_S = 60.0
+STORE_FAILED = "the worker could not store the images"
 
 
 @dataclass
@@ -86,8 +87,10 @@ class Outcomes:
         except RedisError:
             log.exception("could not record the cancel of job %s", job_id)
 
-    def succeed(self, done: list[tuple[Task, list[Image.Image]]], worker: str) -> None:
-        """Encode and store each job's images, then record its success."""
+    def succeed(self, done: list[tuple[Task, list[Image.Image]]], worker: str) -> set[str]:
+        """Encode and store each job's images, then record its success; returns the ids of
+        jobs that failed instead (their images could not be stored)."""
+        failed: set[str] = set()
         for task, images in done:
             token = bind(job_id=task.job_id)
             try:
@@ -98,10 +101,12 @@ class Outcomes:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
             except Exception:
                 log.exception("could not store the images of job %s", task.job_id)
-                self.fail(task.job_id, "internal", "the worker could not store the images", worker)
+                self.fail(task.job_id, "internal", STORE_FAILED, worker)
+                failed.add(task.job_id)
             finally:
                 self.clean_up(task, worker)
                 unbind(token)
+        return failed
 
     def clean_up(self, task: Task, worker: str) -> None:
         """Once a job has ended: its init image goes, and it counts as served. Never raises:

@@ -27,7 +27,7 @@ from worker.engine.loop import Engine
 from worker.engine.state import EngineRequest, Outcome
 from worker.finisher import Finisher
 from worker.metrics import WorkerMetrics
-from worker.outcomes import Outcomes, Task
+from worker.outcomes import STORE_FAILED, Outcomes, Task
 from worker.progress import ProgressReporter
 from worker.rq_books import RQBooks
 
@@ -66,6 +66,7 @@ class Server:
         self.draining = False
         self.stop_now = False
         self._beaten_at = 0.0
+        self._retired = True  # a job left since the last claim: there may be room
 
     def serve(self, burst: bool = False) -> None:
         """Run until SIGTERM/SIGINT (the active jobs finish first; a second signal stops at
@@ -78,7 +79,10 @@ class Server:
             while not self.stop_now and not (self.draining and self.engine.idle):
                 if not self._take(burst):
                     break
+                self.engine.last_forward = None
                 outcomes = self.engine.iterate()
+                if self.engine.last_forward is not None:
+                    self.metrics.batch_done(*self.engine.last_forward)
                 self._report(outcomes)
                 for outcome in outcomes:
                     self._retire(outcome)
@@ -116,6 +120,9 @@ class Server:
                 return True
             if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
                 return not burst
+            if not self._retired and self.claims.still_blocked():
+                return True  # nothing left the engine, and the next job still does not fit
+            self._retired = False
             empty = self.engine.idle
             claimed = self.claims.take(self.engine.admission().take, empty)
         except RedisError:
@@ -165,6 +172,7 @@ class Server:
         task = self.tasks.pop(outcome.job_id, None)
         if task is None:
             return
+        self._retired = True
         if self.alone == task.job_id:
             self.alone = None
         task.warnings = outcome.warnings
@@ -174,8 +182,8 @@ class Server:
             images = outcome.images
 
             def finish() -> None:
-                self.outcomes.succeed([(task, images)], worker)
-                self.books.ended(task.rq_id)
+                failed = self.outcomes.succeed([(task, images)], worker)
+                self.books.ended(task.rq_id, f"internal: {STORE_FAILED}" if failed else None)
 
             self.finisher.submit(finish)
             return

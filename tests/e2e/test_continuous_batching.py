@@ -21,11 +21,13 @@ def test_short_jobs_join_a_running_long_one_and_finish_first(stack: LocalStack) 
     # Another latent shape is served in turn, not after the long job.
     bigger = stack.submit({"prompt": "shape", "width": 128, "num_inference_steps": 4})
     done = [stack.wait(job["id"]) for job in short + [bigger]]
-    finished_long = stack.wait(long["id"], timeout=120)
-    assert all(job["status"] == "succeeded" for job in done + [finished_long])
-    assert all(_at(job, "finished_at") < _at(finished_long, "finished_at") for job in done)
-    assert all(_at(job, "started_at") < _at(finished_long, "finished_at") for job in done)
-    assert finished_long["progress"] == {"step": 100, "total_steps": 100}
+    assert all(job["status"] == "succeeded" for job in done)
+    # They came and went while the long job ran on, at its own step.
+    still = stack.http.get(f"/v1/jobs/{long['id']}").json()
+    assert still["status"] == "running"
+    assert 0 < still["progress"]["step"] < 100
+    stack.http.post(f"/v1/jobs/{long['id']}/cancel")
+    assert stack.wait(long["id"])["status"] == "canceled"
     # Each job kept its own seed and image.
     assert [job["images"][0]["seed"] for job in done[:4]] == [100, 101, 102, 103]
     assert len({stack.image(job).content for job in done[:4]}) == 4

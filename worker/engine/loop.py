@@ -59,6 +59,7 @@ class Engine:
         self.pending: deque[EngineRequest] = deque()
         self.active: list[JobState] = []
         self.iteration = 0
+        self.last_forward: tuple[int, float] | None = None  # images, seconds (for metrics)
         self._cancels: set[str] = set()
 
     # What the worker asks of it
@@ -187,16 +188,23 @@ class Engine:
 
     def _step(self, batch: list[JobState]) -> list[Outcome]:
         outcomes = []
+        started = time.perf_counter()
         try:
-            predictions = self._forward(batch)
+            predictions = self._forward(batch, split=False)
         except Exception as exc:
-            # Out of memory for one job alone, or a broken forward: those jobs fail, the
-            # engine and everyone else go on.
+            # A broken forward: those jobs fail, the engine and everyone else go on.
             error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
             log.warning("a forward over %d jobs failed", len(batch), exc_info=True)
             free_memory(self.family.device)
             return self._drop(batch, error)
+        self.last_forward = (
+            sum(s.request.params.num_images for s in batch),
+            time.perf_counter() - started,
+        )
         for state, prediction in zip(batch, predictions, strict=True):
+            if isinstance(prediction, BaseException):
+                outcomes += self._drop([state], OUT_OF_MEMORY)  # too big even alone
+                continue
             try:
                 with torch.inference_mode():
                     state.latents = state.scheduler.step(
@@ -213,17 +221,23 @@ class Engine:
                 outcomes += self._drop([state], INTERNAL)
         return outcomes
 
-    def _forward(self, batch: list[JobState]) -> list[torch.Tensor]:
+    def _forward(self, batch: list[JobState], split: bool) -> list[torch.Tensor | BaseException]:
+        """Each job's prediction; out of memory, the batch is split in halves (each may fit),
+        and within a split a job that does not fit even alone gets its error instead."""
         try:
-            return self.family.forward(batch)
+            return list(self.family.forward(batch))
         except Exception as exc:
-            if not is_out_of_memory(exc) or len(batch) == 1:
+            if not is_out_of_memory(exc):
                 raise
-        # Out of memory: split the batch (each half may fit) and try again.
+            if len(batch) == 1:
+                if not split:
+                    raise
+                free_memory(self.family.device)
+                return [exc]
         log.warning("a forward over %d jobs ran out of memory; splitting it", len(batch))
         free_memory(self.family.device)
         half = len(batch) // 2
-        return self._forward(batch[:half]) + self._forward(batch[half:])
+        return self._forward(batch[:half], True) + self._forward(batch[half:], True)
 
     def _finish(self, finished: list[JobState]) -> list[Outcome]:
         self.active = [s for s in self.active if not s.done]
