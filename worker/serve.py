@@ -120,10 +120,10 @@ class Server:
                 return True
             if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
                 return not burst
-            if not self._retired and self.claims.still_blocked():
+            empty = self.engine.idle
+            if not empty and not self._retired and self.claims.still_blocked():
                 return True  # nothing left the engine, and the next job still does not fit
             self._retired = False
-            empty = self.engine.idle
             claimed = self.claims.take(self.engine.admission().take, empty)
         except RedisError:
             log.warning("lost Redis; taking jobs again in 1 s")

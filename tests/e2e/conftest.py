@@ -22,3 +22,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
 SLOW = {"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 60}
 # Keeps the worker busy far longer than any test needs (tens of seconds); tests cancel it.
 BUSY = {"prompt": "busy", "width": 512, "height": 512, "num_inference_steps": 100}
+# BUSY alone fills a forward at its size (it costs four full tiny-sd batches): a job of that
+# size waits in the queue behind it, while jobs of other sizes join it at the next step.
+BEHIND_BUSY = {"width": 512, "height": 512}

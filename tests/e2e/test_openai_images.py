@@ -97,7 +97,8 @@ def test_the_wait_is_bounded_and_the_job_canceled_not_resubmitted(stack: LocalSt
         before = job_ids(stack)
         started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as late:
-            client_of(impatient).images.generate(prompt="waits", extra_body=FAST)  # 2 retries
+            # Busy's size: it waits behind busy (2 retries by the package).
+            client_of(impatient).images.generate(prompt="waits", size="512x512", extra_body=FAST)
         assert late.value.status_code == 504 and late.value.code == "timeout"
         assert time.monotonic() - started < 10
         (job_id,) = job_ids(stack) - before  # the package did not submit it again
