@@ -9,15 +9,13 @@ diffusers' own pipelines in seconds, without downloading anything.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.core.models import TINY_FLUX, TINY_SD3, TINY_SDXL
 from worker.offline_tokenizers import clip_tokenizer, t5_tokenizer
+from worker.tiny_model import save_atomically
 
 _CLIP_LENGTH = 77
 _LATENT_SIZE = 8  # x the VAE's 8: 64 px native
@@ -232,23 +230,7 @@ def _build_pipeline(name: str) -> Any:
 
 def build_tiny(name: str, target: Path) -> Path:
     """Build tiny model `name` and save it to ``target`` atomically; return ``target``."""
-    target = Path(target)
-    pipe = _build_pipeline(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, so the final rename stays on one filesystem and is atomic (see tiny_model).
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # A concurrent builder won the race; its output is identical, keep it.
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return save_atomically(lambda: _build_pipeline(name), target)
 
 
 def ensure_tiny(name: str, cache_dir: Path) -> Path:

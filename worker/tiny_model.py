@@ -17,7 +17,9 @@ from app.core.models import TINY_MODEL
 from worker.offline_tokenizers import clip_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from collections.abc import Callable
+
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 
 _MAX_LENGTH = 77  # CLIP's context length; the pipeline pads/truncates prompts to this
@@ -99,6 +101,12 @@ def _build_pipeline() -> StableDiffusionPipeline:
 
 def build_tiny_model(target: Path) -> Path:
     """Build the tiny pipeline and save it to ``target`` atomically; return ``target``."""
+    return save_atomically(_build_pipeline, target)
+
+
+def save_atomically(build: Callable[[], DiffusionPipeline], target: Path) -> Path:
+    """Save the pipeline `build` makes to ``target`` so that no reader sees half of it, and
+    concurrent builders (identical outputs) never clash; return ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the final rename stays on one filesystem and is atomic. Not mkdtemp:
@@ -106,7 +114,7 @@ def build_tiny_model(target: Path) -> Path:
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
-        _build_pipeline().save_pretrained(tmp, safe_serialization=True)
+        build().save_pretrained(tmp, safe_serialization=True)
         try:
             os.rename(tmp, target)
         except OSError:
