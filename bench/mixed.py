@@ -208,7 +208,9 @@ def one_round(
     }
 
 
-def measure(quick: bool, rounds: int, seed: int) -> dict[str, Any]:
+def measure(
+    quick: bool, rounds: int, seed: int, worker_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Every figure; `quick` shrinks them to check the bench runs, not to quote."""
     n, duration = (16, 6.0) if quick else (48, 30.0)
     cache = Path(".cache/models").resolve()
@@ -217,7 +219,7 @@ def measure(quick: bool, rounds: int, seed: int) -> dict[str, Any]:
     r: dict[str, Any] = {"jobs": n, "rounds": [], "solo": "service, one job alone"}
     with tempfile.TemporaryDirectory() as workdir, LocalStack(Path(workdir), cache) as stack:
         stack.start_api(LDM_MAX_QUEUE_LENGTH="100000")
-        stack.start_worker()
+        stack.start_worker(**(worker_env or {}))
         alone(stack, body(rng, 2, 7.5))  # warm-up
         solo = {c: alone(stack, body(rng, *c)) for c in CLASSES}
         r["solo_s"] = {f"{s} steps, guidance {g}": t for (s, g), t in solo.items()}
@@ -283,11 +285,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="default 5 (quick: 1)")
     parser.add_argument("--out", type=Path, default=Path("bench/mixed"), help="PATH or folder")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="LDM_X=V",
+        help="a setting for the worker only, e.g. LDM_CPU_THREADS=1 (repeatable)",
+    )
     args = parser.parse_args()
     route_library_logs()  # no progress bars from the model libraries
     out = args.out / "mixed" if args.out.is_dir() else args.out.with_suffix("")
     started, load_before = time.monotonic(), os.getloadavg()[0]
-    r = measure(args.quick, args.rounds or (1 if args.quick else 5), args.seed)
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    r = measure(args.quick, args.rounds or (1 if args.quick else 5), args.seed, worker_env)
     r |= {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, "
