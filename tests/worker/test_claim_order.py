@@ -12,7 +12,7 @@ from app.core.recovery import retry_lost
 from app.core.store import Claim
 from tests.factories import make_params, submitted
 from worker.claims import LOOK_AHEAD, Claims
-from worker.engine.loop import Admission
+from worker.engine.admission import Admission
 
 MODEL = "tiny-sd"
 

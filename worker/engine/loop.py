@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from app.core.jobs import JobParams
+from worker.engine.admission import Admission
 from worker.engine.state import EngineRequest, JobState, Outcome
 from worker.families.base import Family, InvalidInput
 
@@ -76,7 +76,7 @@ class Engine:
     def idle(self) -> bool:
         return not self.pending and not self.active
 
-    def admission(self) -> "Admission":
+    def admission(self) -> Admission:
         """What may join now: per group (latent shape), jobs fit while that group's cost stays
         within `max_cost`; a group with nothing in it takes any one job."""
         admission = Admission(self.family, self.max_cost)
@@ -284,30 +284,3 @@ class Engine:
         gone = {s.job_id for s in states}
         self.active = [s for s in self.active if s.job_id not in gone]
         return [Outcome(s.job_id, error=error, warnings=s.warnings) for s in states]
-
-
-class Admission:
-    """Cost taken per group (see `Engine.admission`)."""
-
-    def __init__(self, family: Family, max_cost: int) -> None:
-        self.family = family
-        self.max_cost = max_cost
-        self.used: dict[tuple, int] = {}
-
-    def _group(self, params: JobParams) -> tuple:
-        group_of = getattr(self.family, "group_of", None)
-        return group_of(params) if group_of else (params.height, params.width)
-
-    def add(self, params: JobParams) -> None:
-        """Count a job already held."""
-        group = self._group(params)
-        self.used[group] = self.used.get(group, 0) + self.family.cost(params)
-
-    def take(self, params: JobParams) -> bool:
-        """Whether the job fits its group now; counts it if so."""
-        group, cost = self._group(params), self.family.cost(params)
-        used = self.used.get(group, 0)
-        if used and used + cost > self.max_cost:
-            return False
-        self.used[group] = used + cost
-        return True
