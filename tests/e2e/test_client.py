@@ -17,7 +17,7 @@ from ldm_client import ApiError, AsyncClient, Client, JobFailed
 from ldm_client.client import Backoff, settings
 from ldm_client.following import EventStream
 from scripts.stack import LocalStack
-from tests.e2e.conftest import BUSY, SLOW
+from tests.e2e.conftest import BEHIND_BUSY, BUSY, SLOW
 
 LDM = str(Path(sys.executable).parent / "ldm")
 
@@ -96,7 +96,9 @@ def test_wait_follows_the_job_live_and_keeps_its_deadline(
 ) -> None:
     busy = stack.submit(BUSY)
     stack.wait(busy["id"], {"running"})
-    job = client.submit("slow", **{k: v for k, v in SLOW.items() if k != "prompt"})
+    # Busy's size: it waits in the queue behind busy (other sizes would join it).
+    behind = {k: v for k, v in SLOW.items() if k != "prompt"} | BEHIND_BUSY
+    job = client.submit("slow", **behind)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         client.wait(job["id"], timeout=1)  # still queued behind the busy one

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from scripts.stack import LocalStack
-from tests.e2e.conftest import BUSY, SLOW
+from tests.e2e.conftest import BEHIND_BUSY, BUSY, SLOW
 
 
 @dataclass
@@ -80,8 +80,8 @@ def test_a_reconnecting_client_misses_no_event(stack: LocalStack, replica: httpx
 def test_a_queued_job_reports_its_position_then_its_cancel(stack: LocalStack) -> None:
     busy = stack.submit(BUSY)
     stack.wait(busy["id"], {"running"})
-    ahead = stack.submit(SLOW)
-    job = stack.submit(SLOW)
+    ahead = stack.submit(SLOW | BEHIND_BUSY)  # busy's size: they wait behind it
+    job = stack.submit(SLOW | BEHIND_BUSY)
     events = follow(stack.http, job["id"])
     assert next(events).data["queue_position"] == 1
     stack.http.post(f"/v1/jobs/{ahead['id']}/cancel").raise_for_status()
