@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from app.core.jobs import JobParams
-from app.core.store import Claim, JobStore
+from app.core.jobs import JobParams, rq_job_id
+from app.core.store import RUNNING_KEY, Claim, JobStore
 
 # How far down the queue one claim looks: bounded, so a long queue costs no more than a short one.
 LOOK_AHEAD = 32
@@ -87,3 +87,24 @@ class Claims:
         ]
         started = set(self.store.claim(self.worker, claims))
         return [c for c in picked if c.job_id in started]
+
+    def orphans(self, known: set[str]) -> list[Claimed]:
+        """Jobs Redis says run on this worker that it does not hold: a claim whose reply was
+        lost (Redis failed over or restarted mid-call) took them. The worker adopts them, or
+        nobody would ever run them (the worker still beats, so nobody thinks them lost)."""
+        running = [raw.decode() for raw in self.redis.zrange(RUNNING_KEY, 0, -1)]
+        candidates = [job_id for job_id in running if job_id not in known]
+        if not candidates:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in candidates:
+            pipe.hmget(self.store.key(job_id), "status", "worker", "request", "attempt")
+        adopted = []
+        for job_id, (status, worker, request, attempt) in zip(
+            candidates, pipe.execute(), strict=True
+        ):
+            if status == b"running" and worker and worker.decode() == self.worker and request:
+                params = JobParams.model_validate_json(request)
+                attempt = int(attempt or 1)
+                adopted.append(Claimed(job_id, rq_job_id(job_id, attempt), params, attempt))
+        return adopted

@@ -67,6 +67,7 @@ class Server:
         self.stop_now = False
         self._beaten_at = 0.0
         self._retired = True  # a job left since the last claim: there may be room
+        self._lost_redis = False
 
     def serve(self, burst: bool = False) -> None:
         """Run until SIGTERM/SIGINT (the active jobs finish first; a second signal stops at
@@ -113,9 +114,13 @@ class Server:
     def _take(self, burst: bool) -> bool:
         """Claim what fits; False when a burst run has nothing left to do."""
         try:
-            if time.monotonic() - self._beaten_at > RQ_BEAT_EVERY_S:
+            if self._lost_redis or time.monotonic() - self._beaten_at > RQ_BEAT_EVERY_S:
                 self.books.beat()
                 self._beaten_at = time.monotonic()
+                for job in self.claims.orphans(set(self.tasks)):
+                    log.warning("job %s was claimed by a lost reply; running it", job.job_id)
+                    self._start(job)
+                self._lost_redis = False
             if self.draining or self.alone is not None:
                 return True
             if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
@@ -127,6 +132,7 @@ class Server:
             claimed = self.claims.take(self.engine.admission().take, empty)
         except RedisError:
             log.warning("lost Redis; taking jobs again in 1 s")
+            self._lost_redis = True  # a claim in flight may have taken jobs: look for them
             time.sleep(0 if self.engine.active else 1)
             return True
         for job in claimed:
@@ -134,6 +140,8 @@ class Server:
         return True
 
     def _start(self, job: Claimed) -> None:
+        if job.job_id in self.tasks:
+            return  # adopted already (a retried claim names it again)
         task = Task(job.job_id, job.params, rq_id=job.rq_id)
         self.tasks[job.job_id] = task
         try:

@@ -199,3 +199,19 @@ def test_a_storage_failure_after_denoising_fails_that_job_only(
     rq = rq_queue(queue.redis, MODEL)
     assert broken in rq.failed_job_registry.get_job_ids()
     assert broken not in rq.finished_job_registry.get_job_ids()
+
+
+def test_a_job_claimed_by_a_lost_reply_is_adopted_and_runs(
+    queue: JobQueue, make_server: ServerFactory
+) -> None:
+    # Redis failed over mid-claim: the claim took the job (it runs "on" this worker, off the
+    # queue), but its reply never came back. Nobody else will run it: the worker must.
+    server = make_server()
+    job_id = submitted(queue, make_params(seed=3))
+    key = rq_queue(queue.redis, "tiny-sd").key
+    assert queue.store.claim(server.name, [Claim(job_id, job_id, key, 4)]) == [job_id]
+    assert queue.redis.llen(key) == 0
+    server._lost_redis = True  # what the failed claim's RedisError leaves behind
+    server.serve(burst=True)
+    job = queue.store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.worker == server.name
