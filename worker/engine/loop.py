@@ -246,7 +246,7 @@ class Engine:
         except Exception as exc:
             if len(finished) > 1:
                 free_memory(self.family.device)
-                return [o for state in finished for o in self._finish_alone(state)]
+                return [o for state in finished for o in self._finish([state])]
             free_memory(self.family.device)
             if is_out_of_memory(exc) and (tiled := self._decode_in_tiles(finished[0])):
                 return tiled
@@ -257,9 +257,6 @@ class Engine:
             Outcome(state.job_id, images=job_images, warnings=state.warnings, steps=state.index)
             for state, job_images in zip(finished, images, strict=True)
         ]
-
-    def _finish_alone(self, state: JobState) -> list[Outcome]:
-        return self._finish([state])
 
     def _decode_in_tiles(self, state: JobState) -> list[Outcome] | None:
         """Out of memory decoding one job: decode it in tiles (which changes the picture
