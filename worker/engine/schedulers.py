@@ -1,5 +1,6 @@
 """Per-request schedulers by name, each a fresh instance built from the model's own config."""
 
+import copy
 from typing import Any
 
 from diffusers import (
@@ -40,6 +41,24 @@ def make_scheduler(name: str | None, model_scheduler: Any) -> Any:
         return type(model_scheduler).from_config(model_scheduler.config)
     cls, changes = _SCHEDULERS[name]
     return cls.from_config(model_scheduler.config, **changes)
+
+
+class Schedulers:
+    """A fresh scheduler per job for one model: each name's is built from the model's config
+    once, and every job gets a copy of it. `from_config` reads every class signature again
+    (0.6 ms a job on a CPU, half of admitting a tiny job); a copy of the same fresh instance
+    takes 0.1 ms and is the same scheduler."""
+
+    def __init__(self, model_scheduler: Any) -> None:
+        self.model_scheduler = model_scheduler
+        self._fresh: dict[str | None, Any] = {}
+
+    def make(self, name: str | None) -> Any:
+        """A new scheduler for one job (see `make_scheduler`)."""
+        fresh = self._fresh.get(name)
+        if fresh is None:
+            fresh = self._fresh[name] = make_scheduler(name, self.model_scheduler)
+        return copy.deepcopy(fresh)
 
 
 def scheduler_class(name: str) -> type:

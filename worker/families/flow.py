@@ -23,7 +23,7 @@ from PIL import Image
 
 from app.core.families import FLOW_SCHEDULERS
 from app.core.jobs import JobParams
-from worker.engine.schedulers import make_scheduler
+from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
 
@@ -42,6 +42,7 @@ class FlowFamily:
         if "Img2Img" in type(pipe).__name__:
             pipe = AutoPipelineForText2Image.from_pipe(pipe)
         self.pipe = pipe
+        self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         for each in (self.pipe, self.img2img):
             each.set_progress_bar_config(disable=True)
@@ -238,7 +239,7 @@ class FlowFamily:
 
     def _prepare_one(self, request: EngineRequest, cond: dict[str, torch.Tensor]) -> JobState:
         params = request.params
-        scheduler = make_scheduler(params.scheduler, self.pipe.scheduler)
+        scheduler = self.schedulers.make(params.scheduler)
         extra: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
             timesteps = self._timesteps(scheduler, params, request.init_image is not None)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.core.families import UNET_SCHEDULERS
 from app.core.jobs import JobParams
-from worker.engine.schedulers import make_scheduler
+from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
 
@@ -27,6 +27,7 @@ class UNetFamily:
 
     def __init__(self, pipe: DiffusionPipeline, device: torch.device, safety_checker: bool = True):
         self.pipe = pipe
+        self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         for each in (self.pipe, self.img2img):
             each.set_progress_bar_config(disable=True)
@@ -119,7 +120,7 @@ class UNetFamily:
         params = request.params
         n = params.num_images
         cfg = self.uses_cfg(params)
-        scheduler = make_scheduler(params.scheduler, self.pipe.scheduler)
+        scheduler = self.schedulers.make(params.scheduler)
         generators = seeded(params)
         dtype = cond["embeds"].dtype
         with torch.inference_mode():
