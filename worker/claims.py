@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
+from rq.job import Job as RQJob
 
 from app.core.jobs import JobParams, rq_job_id
 from app.core.store import RUNNING_KEY, Claim, JobStore
@@ -17,12 +18,18 @@ LOOK_AHEAD = 32
 
 @dataclass(frozen=True)
 class Claimed:
-    """A job this worker now runs: its id, its RQ job's id, parameters and attempt."""
+    """A job this worker now runs: its id, its RQ job's id, parameters, attempt and the
+    timeout its RQ job carries (None: the worker's own)."""
 
     job_id: str
     rq_id: str
     params: JobParams
     attempt: int
+    timeout: float | None = None
+
+
+def _timeout(raw: bytes | None) -> float | None:
+    return float(raw) if raw else None
 
 
 class Claims:
@@ -60,15 +67,18 @@ class Claims:
             return []
         job_ids = [rq_id.split("-", 1)[0] for rq_id in rq_ids]  # "<job>-<attempt>" for retries
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
+        for job_id, rq_id in zip(job_ids, rq_ids, strict=True):
             pipe.hmget(self.store.key(job_id), "request", "attempt")
+            pipe.hget(RQJob.key_for(rq_id), "timeout")
+        replies = pipe.execute()
         picked: list[Claimed] = []
-        for job_id, rq_id, (request, attempt) in zip(job_ids, rq_ids, pipe.execute(), strict=True):
+        for job_id, rq_id, (request, attempt), timeout in zip(
+            job_ids, rq_ids, replies[::2], replies[1::2], strict=True
+        ):
             if request is None:
                 continue  # canceled or expired meanwhile
-            claimed = Claimed(
-                job_id, rq_id, JobParams.model_validate_json(request), int(attempt or 1)
-            )
+            params = JobParams.model_validate_json(request)
+            claimed = Claimed(job_id, rq_id, params, int(attempt or 1), _timeout(timeout))
             empty = engine_empty and not picked
             if claimed.attempt > 1:
                 if empty:
@@ -106,5 +116,7 @@ class Claims:
             if status == b"running" and worker and worker.decode() == self.worker and request:
                 params = JobParams.model_validate_json(request)
                 attempt = int(attempt or 1)
-                adopted.append(Claimed(job_id, rq_job_id(job_id, attempt), params, attempt))
+                rq_id = rq_job_id(job_id, attempt)
+                timeout = _timeout(self.redis.hget(RQJob.key_for(rq_id), "timeout"))
+                adopted.append(Claimed(job_id, rq_id, params, attempt, timeout))
         return adopted

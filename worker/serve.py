@@ -144,11 +144,8 @@ class Server:
             return  # adopted already (a retried claim names it again)
         task = Task(job.job_id, job.params, rq_id=job.rq_id)
         self.tasks[job.job_id] = task
-        try:
-            task.timeout = self.books.started(job.rq_id) or self.settings.job_timeout
-        except Exception:
-            log.warning("could not mark job %s started in RQ", job.job_id, exc_info=True)
-            task.timeout = self.settings.job_timeout
+        task.timeout = job.timeout or self.settings.job_timeout
+        self.books.started(job.rq_id)
         try:
             if job.params.mode == "image-to-image":
                 data = self.storage.get(init_image_key(job.job_id))

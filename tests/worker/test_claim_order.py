@@ -45,6 +45,7 @@ def test_waiting_jobs_are_taken_in_queue_order_while_they_fit(queue: JobQueue) -
     took = claims(queue).take(room(4, running), engine_empty=False)
     assert [(job.job_id, job.rq_id, job.attempt) for job in took] == [(a, a, 1)]
     assert took[0].params == queue.store.get(a).request
+    assert took[0].timeout == queue.job_timeout  # what the API set on its RQ job
     job = queue.store.get(a)
     assert job.status is JobStatus.RUNNING and job.worker == "w1"
     assert job.progress.total_steps == 4
