@@ -27,11 +27,13 @@ def main() -> None:
     started = time.perf_counter()
     pipeline = ResidentPipeline.load(settings)
     pipeline.warm_up(spec, settings)
+    fit = pipeline.fit_budget(spec, settings)
     log.info(
-        "pipeline ready in %.1f s on %s; engine: %s",
+        "pipeline ready in %.1f s on %s; engine: %s; budget: %s",
         time.perf_counter() - started,
         pipeline.device,
         "step" if pipeline.family.name != "pipeline" else "pipeline (one call per job)",
+        fit.describe() if fit else f"{spec.max_batch} guided images a forward",
     )
     serve(settings, spec, pipeline, connect(settings, health_check_interval=30))
 
@@ -45,9 +47,9 @@ def serve(
 ) -> Server:
     """Take jobs for `spec` until asked to stop (or, with `burst`, until the queue is empty)."""
     metrics = WorkerMetrics(spec.name, pipeline.device)
-    server = Server(
-        settings, spec, pipeline.engine(spec.max_batch), redis, open_storage(settings), metrics
-    )
+    # The budget `fit_budget` set at start, else (tests, benches) the model's batch.
+    engine = pipeline.engine(None if pipeline.max_cost else spec.max_batch)
+    server = Server(settings, spec, engine, redis, open_storage(settings), metrics)
     tasks.install(server)
     metrics.serve(settings.worker_metrics_port)  # off unless LDM_WORKER_METRICS_PORT is set
     # Webhooks go out on a thread of their own; a job never waits for a receiver.

@@ -20,6 +20,7 @@ from app.core.models import (
 )
 from app.core.resolve import resolve_request
 from app.core.settings import Settings
+from worker.engine.budget import Fit, fit_rows
 from worker.engine.loop import Engine, free_memory
 from worker.engine.state import EngineRequest
 from worker.families import load_family
@@ -79,6 +80,7 @@ class ResidentPipeline:
         pipe.set_progress_bar_config(disable=True)
         self.family = load_family(pipe, device, safety_checker=settings.safety_checker)
         self.native_size = self.family.native_size
+        self.max_cost: int | None = None  # rows x latent pixels a forward holds (fit_budget)
         if settings.vae_tiling and hasattr(pipe, "vae"):
             pipe.vae.enable_tiling()
         log.info("%s runs as the %s family", type(pipe).__name__, self.family.name)
@@ -111,17 +113,37 @@ class ResidentPipeline:
 
     def engine(self, max_batch: int | None = None) -> Engine:
         """A fresh engine over this pipeline; `max_batch` guided images at native size fill a
-        forward (the model's batch size)."""
-        cost = None
-        if max_batch is not None:
-            probe = JobParams(
-                prompt="-", negative_prompt=None, mode="text-to-image", strength=None,
-                width=self.native_size, height=self.native_size, num_inference_steps=1,
-                guidance_scale=7.5, num_images=max_batch, seed=0, output_format="png",
-                model="-",
-            )  # fmt: skip
-            cost = self.family.cost(probe)
+        forward, by default the budget `fit_budget` set (else the engine's own default)."""
+        cost = self.max_cost if max_batch is None else self._cost(max_batch, 7.5)
         return Engine(self.family, max_cost=cost)
+
+    def _cost(self, images: int, guidance: float) -> int:
+        return self.family.cost(self._params(images, guidance))
+
+    def _params(self, images: int, guidance: float, seed: int = 0) -> JobParams:
+        return JobParams(
+            prompt="-", negative_prompt=None, mode="text-to-image", strength=None,
+            width=self.native_size, height=self.native_size, num_inference_steps=2,
+            guidance_scale=guidance, num_images=images, seed=seed, output_format="png",
+            model="-",
+        )  # fmt: skip
+
+    def fit_budget(self, spec: ModelSpec, settings: Settings) -> Fit | None:
+        """Set how many rows a forward holds: what this device pays for, measured
+        (worker/engine/budget.py) up to four times the model's batch; the model's batch when
+        the operator set LDM_MAX_BATCH, or with LDM_COMPILE (each new shape would compile).
+        Returns the measurement, None where there was none."""
+        if settings.max_batch or settings.compile or self.family.name == "pipeline":
+            self.max_cost = self._cost(spec.max_batch, 7.5)
+            return None
+
+        def requests(rows: int) -> list[EngineRequest]:
+            # One-row jobs (no guidance rows), each with a seed of its own, as jobs come.
+            return [EngineRequest(f"budget-{i}", self._params(1, 1.0, seed=i)) for i in range(rows)]
+
+        fit = fit_rows(self.family, requests, up_to=4 * 2 * spec.max_batch)
+        self.max_cost = fit.rows * self._cost(1, 1.0)
+        return fit
 
     def generate(
         self, params: JobParams, init_image: Image.Image | None = None
