@@ -47,6 +47,7 @@ def fit_rows(
     requests: Callable[[int], list[EngineRequest]],
     up_to: int,
     repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Fit:
     """Time one forward over `requests(n)` (n one-row jobs at native size) for each candidate
     n up to `up_to`, stopping at the first out-of-memory or slow forward. The sizes are timed
@@ -57,7 +58,7 @@ def fit_rows(
         try:
             states = family.prepare(requests(rows))
             # First run at this shape: allocations, lazy set-up; and is it worth going on?
-            if _time(family, states) > SLOW_FORWARD_S:
+            if _time(family, states, clock) > SLOW_FORWARD_S:
                 up_to = rows
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -71,13 +72,13 @@ def fit_rows(
     best = dict.fromkeys(batches, float("inf"))
     for _ in range(repeats):
         for rows, states in batches.items():
-            best[rows] = min(best[rows], _time(family, states))
+            best[rows] = min(best[rows], _time(family, states, clock))
     rates = {rows: rows / seconds for rows, seconds in best.items()}
     top = max(rates.values())
     return Fit(min(n for n, rate in rates.items() if rate >= (1 - TOLERANCE) * top), rates)
 
 
-def _time(family: Family, states: list[JobState]) -> float:
-    started = time.perf_counter()
+def _time(family: Family, states: list[JobState], clock: Callable[[], float]) -> float:
+    started = clock()
     family.forward(states)
-    return time.perf_counter() - started
+    return clock() - started
