@@ -3,6 +3,7 @@
 The engine takes jobs in queue order (FIFO) while they fit its room; a job that runs again
 because its worker died (attempt > 1) runs alone, so a poison job cannot take others down."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ from app.core.store import RUNNING_KEY, Claim, JobStore
 
 # How far down the queue one claim looks: bounded, so a long queue costs no more than a short one.
 LOOK_AHEAD = 32
+# While jobs run and the last look found the queue empty, look again only this often: a look
+# is a round trip, 2-3% of a small model's step on a CPU, and a job that arrives meanwhile
+# waits at most this long for its first step.
+QUIET_LOOK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Claims:
         # The job at the head that did not fit last time: until it leaves the head or the
         # engine frees room, peeking again would only parse the same requests again.
         self.blocked: str | None = None
+        self._empty_at: float | None = None  # when a look last found the queue empty
 
     def wait(self, timeout: float) -> bool:
         """Block until the queue has a job (or `timeout` s pass), taking nothing: a left-to-left
@@ -58,11 +64,16 @@ class Claims:
         head = self.redis.lindex(self.queue_key, 0)
         return head is not None and head.decode() == self.blocked
 
+    def quiet(self) -> bool:
+        """Whether a look less than `QUIET_LOOK_S` ago found the queue empty (no round trip)."""
+        return self._empty_at is not None and time.monotonic() - self._empty_at < QUIET_LOOK_S
+
     def take(self, fits: Callable[[JobParams], bool], engine_empty: bool) -> list[Claimed]:
         """Claim waiting jobs in queue order while they `fit` (the engine's admission, which
         counts each job it lets in); a retried job only into an empty engine, and alone."""
         self.blocked = None
         rq_ids = [raw.decode() for raw in self.redis.lrange(self.queue_key, 0, LOOK_AHEAD - 1)]
+        self._empty_at = None if rq_ids else time.monotonic()
         if not rq_ids:
             return []
         job_ids = [rq_id.split("-", 1)[0] for rq_id in rq_ids]  # "<job>-<attempt>" for retries

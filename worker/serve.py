@@ -85,10 +85,14 @@ class Server:
                 if self.engine.last_forward is not None:
                     self.metrics.batch_done(*self.engine.last_forward)
                 self._report(outcomes)
-                for outcome in outcomes:
-                    self._retire(outcome)
-            for job_id in list(self.tasks):  # a forced stop: say so rather than leave them
-                self._retire(Outcome(job_id, error=("worker_lost", "the worker stopped")))
+                self._retire(outcomes)
+            # A forced stop: say so rather than leave them.
+            self._retire(
+                [
+                    Outcome(job_id, error=("worker_lost", "the worker stopped"))
+                    for job_id in self.tasks
+                ]
+            )
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -126,6 +130,8 @@ class Server:
             if self.engine.idle and not self.claims.wait(IDLE_WAIT_S):
                 return not burst
             empty = self.engine.idle
+            if not empty and self.claims.quiet():
+                return True  # the queue was empty a moment ago
             if not empty and not self._retired and self.claims.still_blocked():
                 return True  # nothing left the engine, and the next job still does not fit
             self._retired = False
@@ -153,7 +159,7 @@ class Server:
                 task.init_image.load()  # a bad file fails its own job here, nothing else
         except Exception:
             log.warning("could not load the init image of job %s", job.job_id, exc_info=True)
-            self._retire(Outcome(job.job_id, error=("invalid_input", "unreadable init image")))
+            self._retire([Outcome(job.job_id, error=("invalid_input", "unreadable init image"))])
             return
         if job.attempt > 1:
             log.info("job %s runs again (attempt %d), alone", job.job_id, job.attempt)
@@ -173,28 +179,39 @@ class Server:
         for job_id in self.progress.canceled(self.tasks):
             self.engine.cancel(job_id)
 
-    def _retire(self, outcome: Outcome) -> None:
-        task = self.tasks.pop(outcome.job_id, None)
-        if task is None:
-            return
-        self._retired = True
-        if self.alone == task.job_id:
-            self.alone = None
-        task.warnings = outcome.warnings
-        worker = self.name
-        if outcome.ok:
-            self.progress.forget([task.job_id])
-            images = outcome.images
+    def _retire(self, outcomes: list[Outcome]) -> None:
+        """End the jobs that left the engine. Those that succeeded are stored and recorded
+        together on the finishing thread, while the next steps run: one hand-over for all of
+        them, so the engine waits for storage only when two such groups are still pending."""
+        succeeded: list[tuple[Task, list[Image.Image]]] = []
+        for outcome in outcomes:
+            task = self.tasks.pop(outcome.job_id, None)
+            if task is None:
+                continue
+            self._retired = True
+            if self.alone == task.job_id:
+                self.alone = None
+            task.warnings = outcome.warnings
+            self.progress.forget([task.job_id])  # no late step write after the final state
+            if outcome.ok:
+                succeeded.append((task, outcome.images))
+            else:
+                self._end_unfinished(task, outcome.error or ("internal", ""))
+        if succeeded:
+            worker = self.name
 
             def finish() -> None:
-                failed = self.outcomes.succeed([(task, images)], worker)
-                self.books.ended(task.rq_id, f"internal: {STORE_FAILED}" if failed else None)
+                failed = self.outcomes.succeed(succeeded, worker)
+                for task, _ in succeeded:
+                    error = f"internal: {STORE_FAILED}" if task.job_id in failed else None
+                    self.books.ended(task.rq_id, error)
 
             self.finisher.submit(finish)
-            return
-        self.progress.forget([task.job_id])  # no late step write after the final state
+
+    def _end_unfinished(self, task: Task, error: tuple[str, str]) -> None:
         self.progress.flush()
-        code, message = outcome.error or ("internal", "")
+        code, message = error
+        worker = self.name
         if code == "canceled":
             self.outcomes.cancel(task.job_id, worker)
             self.books.ended(task.rq_id)

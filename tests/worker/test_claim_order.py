@@ -11,7 +11,7 @@ from app.core.queue import JobQueue, rq_queue
 from app.core.recovery import retry_lost
 from app.core.store import Claim
 from tests.factories import make_params, submitted
-from worker.claims import LOOK_AHEAD, Claims
+from worker.claims import LOOK_AHEAD, QUIET_LOOK_S, Claims
 from worker.engine.admission import Admission
 
 MODEL = "tiny-sd"
@@ -118,3 +118,17 @@ def test_waiting_for_work_takes_nothing(queue: JobQueue) -> None:
     assert waiter.wait(1) is True
     assert rq_queue(queue.redis, MODEL).job_ids == [job_id]
     assert queue.store.get(job_id).status is JobStatus.QUEUED
+
+
+def test_a_look_at_an_empty_queue_keeps_the_next_ones_away_a_moment(queue: JobQueue) -> None:
+    # Each look is a round trip: while jobs run, an empty queue is looked at again only
+    # after QUIET_LOOK_S, and a look that finds a job ends the quiet at once.
+    taker = claims(queue)
+    assert not taker.quiet()  # never looked
+    assert taker.take(room(4), engine_empty=False) == []
+    assert taker.quiet()
+    time.sleep(QUIET_LOOK_S)
+    assert not taker.quiet()
+    job = submitted(queue, make_params())
+    assert [c.job_id for c in taker.take(room(4), engine_empty=False)] == [job]
+    assert not taker.quiet()
