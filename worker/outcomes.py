@@ -104,13 +104,18 @@ class Outcomes:
                 self.fail(task.job_id, "internal", STORE_FAILED, worker)
                 failed.add(task.job_id)
             finally:
-                self.clean_up(task, worker)
+                self._drop_init_image(task, worker)
                 unbind(token)
+        self._count([task for task, _ in done])
         return failed
 
     def clean_up(self, task: Task, worker: str) -> None:
         """Once a job has ended: its init image goes, and it counts as served. Never raises:
         a leftover file goes with the job's expiry."""
+        self._drop_init_image(task, worker)
+        self._count([task])
+
+    def _drop_init_image(self, task: Task, worker: str) -> None:
         try:
             # Only while the job is still ours: if it was given to another worker (we looked
             # dead), that run needs the init image.
@@ -118,12 +123,19 @@ class Outcomes:
                 self.storage.delete(init_image_key(task.job_id))
         except Exception:
             log.exception("could not delete the init image of job %s", task.job_id)
-        if self.service_rate is not None:
-            # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
+
+    def _count(self, tasks: list[Task]) -> None:
+        if self.service_rate is None or not tasks:
+            return
+        # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
+        models: dict[str, list[str]] = {}
+        for task in tasks:
+            models.setdefault(task.params.model, []).append(task.job_id)
+        for model, job_ids in models.items():
             try:
-                self.service_rate.record(task.params.model, task.job_id)
+                self.service_rate.record(model, *job_ids)
             except RedisError:
-                log.warning("could not count job %s as finished", task.job_id)
+                log.warning("could not count %d finished jobs", len(job_ids))
 
     def _still_ours(self, job_id: str, worker: str) -> bool:
         try:

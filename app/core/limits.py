@@ -51,11 +51,11 @@ class ServiceRate:
     def _key(model: str) -> str:
         return f"ldm:finished:{model}"
 
-    def record(self, model: str, job_id: str) -> None:
-        """Count a finished job (any terminal state that took a worker's time)."""
+    def record(self, model: str, *job_ids: str) -> None:
+        """Count finished jobs (any terminal state that took a worker's time)."""
         now = self._now()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self._key(model), {job_id: now})
+        pipe.zadd(self._key(model), dict.fromkeys(job_ids, now))
         pipe.zremrangebyscore(self._key(model), "-inf", now - WINDOW_S)
         pipe.expire(self._key(model), WINDOW_S * 2)
         pipe.execute()

@@ -17,8 +17,9 @@ def test_bursts_pass_then_the_rate_holds(redis: Redis) -> None:
 def test_retry_after_follows_the_drain_rate(redis: Redis) -> None:
     rate = ServiceRate(redis)
     assert rate.retry_after("tiny-sd", excess=1) == 600  # nothing drains: come back much later
-    for i in range(30):
+    for i in range(20):
         rate.record("tiny-sd", f"j{i}")
+    rate.record("tiny-sd", *[f"batch-{i}" for i in range(10)])  # a worker's finished group
     assert rate.per_second("tiny-sd") == pytest.approx(30 / WINDOW_S)
     assert rate.retry_after("tiny-sd", excess=3) == 6  # 3 jobs at 0.5 jobs/s
     assert rate.retry_after("other", excess=1) == 600
