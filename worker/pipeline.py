@@ -78,7 +78,9 @@ class ResidentPipeline:
         self.device = device
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
-        self.family = load_family(pipe, device, safety_checker=settings.safety_checker)
+        self.family = load_family(
+            pipe, device, safety_checker=settings.safety_checker, prompt_cache=settings.prompt_cache
+        )
         self.native_size = self.family.native_size
         self.max_cost: int | None = None  # rows x latent pixels a forward holds (fit_budget)
         if settings.vae_tiling and hasattr(pipe, "vae"):

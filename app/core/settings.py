@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     safety_checker: bool = Field(
         True, description="run a model's safety checker when it has one (SD 1.x); off: never"
     )
+    prompt_cache: int = Field(
+        256,
+        ge=0,
+        description="text embeddings a worker keeps by text (the empty negative prompt, "
+        "repeated prompts); 0 keeps none",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -432,3 +432,36 @@ def test_tiny_models_build_the_same_every_time_and_say_what_they_are(
     spec = model_spec(Settings(model=str(built)))
     family, multiple = ("unet", 8) if name == "tiny-sdxl" else ("flow", 16)
     assert (spec.family, spec.native_size, spec.size_multiple) == (family, 64, multiple)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl"])
+def test_unet_texts_are_encoded_once_and_kept_embeddings_equal_diffusers(
+    tiny: Callable[..., Tiny], name: str
+) -> None:
+    model = tiny(name)
+    family: Any = model.family
+    encoded: list[list[str]] = []
+    real = family.prompts.encode
+
+    def encode(texts: list[str]) -> list:
+        encoded.append(texts)
+        return real(texts)
+
+    family.prompts.encode = encode
+    try:
+        # Two jobs share a prompt and a negative prompt: each distinct text is encoded once.
+        prompt, negative = f"a kept prompt for {name}", f"a kept negative for {name}"
+        first = {
+            "a": make_params(prompt=prompt, negative_prompt=negative, guidance_scale=5.0, seed=1),
+            "b": make_params(prompt=prompt, negative_prompt=negative, guidance_scale=3.0, seed=2),
+        }
+        outcomes, _ = run(model, first, {})
+        assert encoded == [[prompt, negative]]
+        assert_as_diffusers(model, first, outcomes)
+        # A later job with both texts kept encodes nothing, and still equals diffusers.
+        later = {"c": make_params(prompt=prompt, negative_prompt=negative, num_images=2, seed=3)}
+        outcomes, _ = run(model, later, {})
+        assert encoded == [[prompt, negative]]
+        assert_as_diffusers(model, later, outcomes)
+    finally:
+        family.prompts.encode = real

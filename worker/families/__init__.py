@@ -8,13 +8,15 @@ from app.core.families import family_of
 from worker.families.base import Family
 
 
-def load_family(pipe: Any, device: torch.device, safety_checker: bool = True) -> Family:
+def load_family(
+    pipe: Any, device: torch.device, safety_checker: bool = True, prompt_cache: int = 256
+) -> Family:
     """The family that runs `pipe` step by step; the fallback runs its own call."""
     kind = family_of(type(pipe).__name__)
     if kind == "unet":
         from worker.families.unet import UNetFamily
 
-        return UNetFamily(pipe, device, safety_checker=safety_checker)
+        return UNetFamily(pipe, device, safety_checker=safety_checker, prompt_cache=prompt_cache)
     if kind == "flow":
         from worker.families.flow import FlowFamily
 

@@ -14,10 +14,7 @@ from app.core.jobs import JobParams
 from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
-
-
-def _rows(uncond: torch.Tensor, cond: torch.Tensor, cfg: bool) -> torch.Tensor:
-    return torch.cat([uncond, cond]) if cfg else cond
+from worker.families.prompt_cache import Embedding, PromptCache
 
 
 class UNetFamily:
@@ -25,8 +22,15 @@ class UNetFamily:
 
     name = "unet"
 
-    def __init__(self, pipe: DiffusionPipeline, device: torch.device, safety_checker: bool = True):
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        device: torch.device,
+        safety_checker: bool = True,
+        prompt_cache: int = 256,
+    ):
         self.pipe = pipe
+        self.prompts = PromptCache(self._encode_texts, prompt_cache)
         self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         for each in (self.pipe, self.img2img):
@@ -72,46 +76,58 @@ class UNetFamily:
         return states
 
     def _encode(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
-        prompts, negatives = [], []
+        # Each distinct text once (kept ones not again): the prompt, and for guided jobs the
+        # negative prompt, "" when none, as diffusers' own call encodes it.
+        texts: list[str] = []
         for request in requests:
             params = request.params
-            prompts += [params.prompt] * params.num_images
-            negatives += [params.negative_prompt or ""] * params.num_images
-        cfg = any(self.uses_cfg(request.params) for request in requests)
+            texts.append(params.prompt)
+            if self.uses_cfg(params) and not self._zero_negative(params):
+                texts.append(params.negative_prompt or "")
+        embedded = iter(self.prompts.get(texts))
+        conds = []
+        for request in requests:
+            params = request.params
+            n = params.num_images
+            text = next(embedded)
+            rows = {key: value.repeat(n, *[1] * (value.dim() - 1)) for key, value in text.items()}
+            if self.uses_cfg(params):
+                if self._zero_negative(params):
+                    # SDXL gives a missing negative prompt zero embeddings, not those of "".
+                    uncond = {key: torch.zeros_like(value) for key, value in rows.items()}
+                else:
+                    negative = next(embedded)
+                    uncond = {k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in negative.items()}
+                rows = {key: torch.cat([uncond[key], rows[key]]) for key in rows}
+            cond = {"embeds": rows["embeds"]}
+            if "pooled" in rows:
+                cond["text_embeds"] = rows["pooled"]
+            conds.append(cond)
+        return conds
+
+    def _encode_texts(self, texts: list[str]) -> list[Embedding]:
+        """diffusers' `encode_prompt` over distinct texts, one embedding each."""
         with torch.inference_mode():
             if self.xl:
-                pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                    prompt=prompts,
+                embeds, _, pooled, _ = self.pipe.encode_prompt(
+                    prompt=texts,
                     device=self.device,
                     num_images_per_prompt=1,
-                    do_classifier_free_guidance=cfg,
-                    negative_prompt=negatives,
+                    do_classifier_free_guidance=False,
                 )
             else:
-                pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, cfg, negatives)
-                pooled = neg_pooled = None
-        conds, start = [], 0
-        for request in requests:
-            params = request.params
-            end = start + params.num_images
-            job_cfg = self.uses_cfg(params)
-            # SDXL gives a missing negative prompt zero embeddings, not those of "".
-            zero = self.xl and params.negative_prompt is None and self._force_zeros()
-            cond: dict[str, torch.Tensor] = {}
-            if job_cfg:
-                uncond = torch.zeros_like(pos[start:end]) if zero else neg[start:end]
-                cond["embeds"] = _rows(uncond, pos[start:end], True)
-            else:
-                cond["embeds"] = pos[start:end]
+                embeds, _ = self.pipe.encode_prompt(texts, self.device, 1, False)
+                pooled = None
+        out: list[Embedding] = []
+        for i in range(len(texts)):
+            text = {"embeds": embeds[i : i + 1]}
             if pooled is not None:
-                text = pooled[start:end]
-                if job_cfg:
-                    uncond = torch.zeros_like(text) if zero else neg_pooled[start:end]
-                    text = torch.cat([uncond, text])
-                cond["text_embeds"] = text
-            conds.append(cond)
-            start = end
-        return conds
+                text["pooled"] = pooled[i : i + 1]
+            out.append(text)
+        return out
+
+    def _zero_negative(self, params: JobParams) -> bool:
+        return self.xl and params.negative_prompt is None and self._force_zeros()
 
     def _force_zeros(self) -> bool:
         return bool(self.pipe.config.get("force_zeros_for_empty_prompt", False))
