@@ -201,12 +201,12 @@ class Engine:
             sum(s.request.params.num_images for s in batch),
             time.perf_counter() - started,
         )
-        for state, prediction in zip(batch, predictions, strict=True):
-            if isinstance(prediction, BaseException):
-                outcomes += self._drop([state], OUT_OF_MEMORY)  # too big even alone
-                continue
-            try:
-                with torch.inference_mode():
+        with torch.inference_mode():
+            for state, prediction in zip(batch, predictions, strict=True):
+                if isinstance(prediction, BaseException):
+                    outcomes += self._drop([state], OUT_OF_MEMORY)  # too big even alone
+                    continue
+                try:
                     state.latents = state.scheduler.step(
                         prediction,
                         state.timestep,
@@ -214,11 +214,11 @@ class Engine:
                         **state.step_kwargs,
                         return_dict=False,
                     )[0]
-                state.index += 1
-                state.last_run = self.iteration
-            except Exception:
-                log.exception("the scheduler step of job %s failed", state.job_id)
-                outcomes += self._drop([state], INTERNAL)
+                    state.index += 1
+                    state.last_run = self.iteration
+                except Exception:
+                    log.exception("the scheduler step of job %s failed", state.job_id)
+                    outcomes += self._drop([state], INTERNAL)
         return outcomes
 
     def _forward(self, batch: list[JobState], split: bool) -> list[torch.Tensor | BaseException]:
