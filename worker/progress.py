@@ -29,6 +29,8 @@ class ProgressReporter:
         self._pending: dict[str, tuple[int, int]] | None = None
         self._canceled: set[str] = set()
         self._busy = False
+        self._reported = 0  # reports handed over so far
+        self._written = 0  # of those, the ones written (or given up on)
         self._woken_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
@@ -37,6 +39,7 @@ class ProgressReporter:
         """These jobs have finished these (step, of total) steps; returns at once."""
         with self._lock:
             self._pending = (self._pending or {}) | dict(steps)
+            self._reported += 1
             if (now := time.monotonic()) - self._woken_at >= self.interval:
                 self._woken_at = now
                 self._lock.notify()
@@ -47,10 +50,15 @@ class ProgressReporter:
             return self._canceled.intersection(job_ids)
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every step reported so far is written (or given up on), or `timeout`."""
+        """Wait until every step reported so far is written (or given up on), or `timeout`.
+        Steps reported meanwhile (from another thread) are not waited for."""
         with self._lock:
+            target = self._reported
             self._lock.notify_all()
-            self._lock.wait_for(lambda: self._pending is None and not self._busy, timeout)
+            self._lock.wait_for(
+                lambda: self._written >= target or (self._pending is None and not self._busy),
+                timeout,
+            )
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """Drop what is known of jobs that have ended (a late step write must not follow)."""
@@ -66,6 +74,7 @@ class ProgressReporter:
                 self._lock.wait_for(lambda: self._pending is not None)
                 steps = self._pending or {}
                 self._pending, self._busy = None, True
+                taken = self._reported
             canceled: set[str] = set()
             try:
                 done = [step for step, _ in steps.values()]
@@ -80,4 +89,5 @@ class ProgressReporter:
                 with self._lock:
                     self._canceled |= canceled
                     self._busy = False
+                    self._written = taken
                     self._lock.notify_all()

@@ -173,16 +173,15 @@ class Server:
             o.job_id: (o.steps, o.steps) for o in outcomes if o.ok and o.job_id in self.tasks
         }
         if steps or finished:
-            self.progress.report(steps | finished)
-        if finished:
-            self.progress.flush()  # their last step is written before their final state
+            self.progress.report(steps | finished)  # written before their final state
         for job_id in self.progress.canceled(self.tasks):
             self.engine.cancel(job_id)
 
     def _retire(self, outcomes: list[Outcome]) -> None:
         """End the jobs that left the engine. Those that succeeded are stored and recorded
         together on the finishing thread, while the next steps run: one hand-over for all of
-        them, so the engine waits for storage only when two such groups are still pending."""
+        them, so the engine waits for storage (and their last progress write) only when two
+        such groups are still pending."""
         succeeded: list[tuple[Task, list[Image.Image]]] = []
         for outcome in outcomes:
             task = self.tasks.pop(outcome.job_id, None)
@@ -192,15 +191,18 @@ class Server:
             if self.alone == task.job_id:
                 self.alone = None
             task.warnings = outcome.warnings
-            self.progress.forget([task.job_id])  # no late step write after the final state
             if outcome.ok:
                 succeeded.append((task, outcome.images))
             else:
+                self.progress.forget([task.job_id])  # no late step write after the final state
                 self._end_unfinished(task, outcome.error or ("internal", ""))
         if succeeded:
             worker = self.name
 
             def finish() -> None:
+                # Their last step (reported, never again) is written before their final state.
+                self.progress.flush()
+                self.progress.forget([task.job_id for task, _ in succeeded])
                 failed = self.outcomes.succeed(succeeded, worker)
                 for task, _ in succeeded:
                     error = f"internal: {STORE_FAILED}" if task.job_id in failed else None
