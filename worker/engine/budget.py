@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from worker.engine.loop import free_memory, is_out_of_memory
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import Family
@@ -79,6 +81,15 @@ def fit_rows(
 
 
 def _time(family: Family, states: list[JobState], clock: Callable[[], float]) -> float:
+    _synchronize(family.device)
     started = clock()
     family.forward(states)
+    _synchronize(family.device)  # an accelerator runs ahead of the host: time its work
     return clock() - started
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
