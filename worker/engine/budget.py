@@ -3,7 +3,7 @@
 Batching pays while a bigger forward runs more rows a second; past that point more rows only
 make every step, and so every job, slower. A worker times its own denoiser at start (rows 1,
 2, 4, ... at native size) and takes the fewest rows that reach `TOLERANCE` of the best rate it
-saw: a tiny model on a CPU pays up to about 64 rows, SDXL on a GPU only a few."""
+saw: a tiny model on a CPU pays up to about 64 rows; a big one on a GPU far fewer."""
 
 import logging
 import time
