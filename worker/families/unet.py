@@ -17,6 +17,11 @@ from worker.families.base import InvalidInput, guided, scheduler_of, seeded, spl
 from worker.families.prompt_cache import Embedding, PromptCache
 
 
+def _per_image(text: Embedding, n: int) -> Embedding:
+    """A text's embedding rows repeated for each of a job's `n` images."""
+    return {key: value.repeat(n, *[1] * (value.dim() - 1)) for key, value in text.items()}
+
+
 class UNetFamily:
     """The step-wise math of diffusers' StableDiffusion(XL) text- and image-to-image pipelines."""
 
@@ -90,14 +95,13 @@ class UNetFamily:
             params = request.params
             n = params.num_images
             text = next(embedded)
-            rows = {key: value.repeat(n, *[1] * (value.dim() - 1)) for key, value in text.items()}
+            rows = _per_image(text, n)
             if self.uses_cfg(params):
                 if self._zero_negative(params):
                     # SDXL gives a missing negative prompt zero embeddings, not those of "".
                     uncond = {key: torch.zeros_like(value) for key, value in rows.items()}
                 else:
-                    negative = next(embedded)
-                    uncond = {k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in negative.items()}
+                    uncond = _per_image(next(embedded), n)
                 rows = {key: torch.cat([uncond[key], rows[key]]) for key in rows}
             cond = {"embeds": rows["embeds"]}
             if "pooled" in rows:
