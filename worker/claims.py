@@ -1,7 +1,9 @@
 """Atomic claims from the model's RQ queue, made at step boundaries without blocking.
 
-The engine takes jobs in queue order (FIFO) while they fit its room; a job that runs again
-because its worker died (attempt > 1) runs alone, so a poison job cannot take others down."""
+The engine takes jobs in the policy's order (app/core/waiting.py: priority bands, fair share
+between tenants) while they fit its room, passing over jobs whose tenant runs as many as it
+may; a job that runs again because its worker died (attempt > 1) runs alone, so a poison job
+cannot take others down."""
 
 import time
 from collections.abc import Callable
@@ -11,7 +13,9 @@ from redis import Redis
 from rq.job import Job as RQJob
 
 from app.core.jobs import JobParams, rq_job_id
+from app.core.settings import Settings
 from app.core.store import RUNNING_KEY, Claim, JobStore
+from app.core.waiting import Waiting
 
 # How far down the queue one claim looks: bounded, so a long queue costs no more than a short one.
 LOOK_AHEAD = 32
@@ -40,11 +44,22 @@ def _timeout(raw: bytes | None) -> float | None:
 class Claims:
     """Takes jobs off one model's queue for one worker."""
 
-    def __init__(self, redis: Redis, store: JobStore, queue_key: str, worker: str = "") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        store: JobStore,
+        queue_key: str,
+        worker: str = "",
+        model: str = "",
+        settings: Settings | None = None,
+    ) -> None:
         self.redis = redis
         self.store = store
         self.queue_key = queue_key
         self.worker = worker
+        self.model = model
+        self.settings = settings or Settings()
+        self.waiting = Waiting(redis)
         # The job at the head that did not fit last time: until it leaves the head or the
         # engine frees room, peeking again would only parse the same requests again.
         self.blocked: str | None = None
@@ -61,8 +76,8 @@ class Claims:
         """Whether the job that did not fit is still first in line (one cheap round trip)."""
         if self.blocked is None:
             return False
-        head = self.redis.lindex(self.queue_key, 0)
-        return head is not None and head.decode() == self.blocked
+        head = self.waiting.head(self.model, 1)
+        return head == [self.blocked]
 
     def quiet(self) -> bool:
         """Whether a look less than `QUIET_LOOK_S` ago found the queue empty (no round trip)."""
@@ -72,24 +87,30 @@ class Claims:
         """Claim waiting jobs in queue order while they `fit` (the engine's admission, which
         counts each job it lets in); a retried job only into an empty engine, and alone."""
         self.blocked = None
-        rq_ids = [raw.decode() for raw in self.redis.lrange(self.queue_key, 0, LOOK_AHEAD - 1)]
+        rq_ids = self.waiting.head(self.model, LOOK_AHEAD)
         self._empty_at = None if rq_ids else time.monotonic()
         if not rq_ids:
             return []
         job_ids = [rq_id.split("-", 1)[0] for rq_id in rq_ids]  # "<job>-<attempt>" for retries
         pipe = self.redis.pipeline(transaction=False)
         for job_id, rq_id in zip(job_ids, rq_ids, strict=True):
-            pipe.hmget(self.store.key(job_id), "request", "attempt")
+            pipe.hmget(self.store.key(job_id), "request", "attempt", "tenant")
             pipe.hget(RQJob.key_for(rq_id), "timeout")
         replies = pipe.execute()
+        tenants = [(tenant or b"public").decode() for _, _, tenant in replies[::2]]
+        room = self._room(tenants)
         picked: list[Claimed] = []
-        for job_id, rq_id, (request, attempt), timeout in zip(
-            job_ids, rq_ids, replies[::2], replies[1::2], strict=True
+        caps: dict[str, int | None] = {}
+        for job_id, rq_id, tenant, (request, attempt, _), timeout in zip(
+            job_ids, rq_ids, tenants, replies[::2], replies[1::2], strict=True
         ):
             if request is None:
                 continue  # canceled or expired meanwhile
+            if room.get(tenant, 1) <= 0:
+                continue  # its tenant runs as many as it may: later jobs go first
             params = JobParams.model_validate_json(request)
             claimed = Claimed(job_id, rq_id, params, int(attempt or 1), _timeout(timeout))
+            caps[job_id] = self.settings.tenant_policy(tenant).max_running
             empty = engine_empty and not picked
             if claimed.attempt > 1:
                 if empty:
@@ -99,15 +120,28 @@ class Claims:
                 break  # it runs alone, and nothing passes it meanwhile
             if not fits(claimed.params):
                 self.blocked = rq_id
-                break  # FIFO: it waits for room rather than let later jobs pass it
+                break  # in order: it waits for room rather than let later jobs pass it
             picked.append(claimed)
+            if tenant in room:
+                room[tenant] -= 1
         if not picked:
             return []
         claims = [
-            Claim(c.job_id, c.rq_id, self.queue_key, c.params.denoising_steps) for c in picked
+            Claim(c.job_id, c.rq_id, self.queue_key, c.params.denoising_steps, caps[c.job_id])
+            for c in picked
         ]
         started = set(self.store.claim(self.worker, claims))
         return [c for c in picked if c.job_id in started]
+
+    def _room(self, tenants: list[str]) -> dict[str, int]:
+        """How many more jobs each capped tenant may start (one round trip, only when some
+        tenant is capped; the claim itself checks again, atomically)."""
+        if not self.settings.caps_running:
+            return {}
+        caps = {t: self.settings.tenant_policy(t).max_running for t in set(tenants)}
+        capped = [t for t, cap in caps.items() if cap is not None]
+        running = self.waiting.tenant_counts(capped, running=True) if capped else {}
+        return {t: (caps[t] or 0) - n for t, n in running.items()}
 
     def orphans(self, known: set[str]) -> list[Claimed]:
         """Jobs Redis says run on this worker that it does not hold: a claim whose reply was

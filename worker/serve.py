@@ -57,7 +57,7 @@ class Server:
         queue = rq_queue(redis, spec.name)
         self.books = RQBooks(redis, queue)
         self.name = self.books.name
-        self.claims = Claims(redis, self.store, queue.key, self.name)
+        self.claims = Claims(redis, self.store, queue.key, self.name, spec.name, settings)
         self.progress = ProgressReporter(self.store, self.name)
         self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics)
         self.finisher = Finisher()

@@ -6,10 +6,18 @@ import re
 from dataclasses import dataclass
 
 from app.api.deps import Services
-from app.core.errors import FieldError, InvalidRequest, JobNotFound, QueueFull, RateLimited
+from app.core.errors import (
+    FieldError,
+    InvalidRequest,
+    JobNotFound,
+    QueueFull,
+    RateLimited,
+    TooManyQueued,
+)
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Webhook, new_job_id
 from app.core.logs import annotate
+from app.core.policy import TenantPolicy, job_cost
 from app.core.queue import Idempotency
 from app.core.resolve import resolve_request, select_model
 from app.core.settings import Settings
@@ -40,7 +48,8 @@ def load_job(services: Services, job_id: str, tenant: str) -> Job:
     if job is None:
         raise JobNotFound(f"no job {job_id!r}; it never existed or has expired")
     if job.status is JobStatus.QUEUED:
-        position = services.queue.position(job_id, job.model, job.attempt)
+        priority = job.request.priority
+        position = services.queue.position(job_id, job.model, job.attempt, priority)
         # Popped by a worker but not yet started: it is next, not gone.
         job.queue_position = 0 if position is None else position
     return job
@@ -58,6 +67,23 @@ def checked_webhook(body: JobCreate, settings: Settings) -> Webhook | None:
     if problem:
         raise InvalidRequest([FieldError("body.webhook_url", problem)])
     return webhook
+
+
+def check_policy(services: Services, tenant: str, policy: TenantPolicy, body: JobCreate) -> None:
+    """The tenant's policy allows this job now: its priority (else `InvalidRequest`) and one
+    more waiting job (else `TooManyQueued`, a 429). The cap is checked before the submit's
+    transaction, so concurrent submits on several replicas can pass it by one each."""
+    if not policy.allows(body.priority):
+        message = f"this API key may ask for priority {policy.max_priority!r} at most"
+        raise InvalidRequest([FieldError("body.priority", message)])
+    if policy.max_queued is not None:
+        queued = services.queue.waiting.tenant_counts([tenant], running=False)[tenant]
+        if queued >= policy.max_queued:
+            model = body.model or services.default_model
+            wait = services.service_rate.retry_after(model, queued - policy.max_queued + 1)
+            raise TooManyQueued(
+                f"{queued} of your jobs are waiting, the most allowed; retry later", wait
+            )
 
 
 def submit(
@@ -78,6 +104,8 @@ def submit(
         raise RateLimited(
             f"more than {settings.rate_limit:g} submits/s; retry later", math.ceil(wait)
         )
+    policy = settings.tenant_policy(tenant)
+    check_policy(services, tenant, policy, body)
     spec = select_model(body.model, services.models, services.default_model)
     init_image = None
     if body.init_image is not None:
@@ -97,7 +125,8 @@ def submit(
         services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
     submitted = None
     try:
-        submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook)
+        share = job_cost(params) / policy.weight
+        submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook, share)
     finally:
         if init_image is not None and (submitted is None or submitted.job_id != job_id):
             services.storage.delete(init_image_key(job_id))  # no job will ever own it

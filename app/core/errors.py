@@ -61,3 +61,7 @@ class NotDurable(Overloaded):
 
 class RateLimited(Overloaded):
     """The tenant submits faster than its rate limit."""
+
+
+class TooManyQueued(RateLimited):
+    """The tenant has as many jobs waiting as its policy allows (`max_queued`)."""

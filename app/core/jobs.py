@@ -12,6 +12,8 @@ MAX_SEED = 2**32 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["text-to-image", "image-to-image"]
 WebhookEvent = Literal["start", "progress", "completed"]
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")  # who runs first, in order
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -59,6 +61,14 @@ class JobCreate(BaseModel):
         description="A scheduler from the model's `schedulers` in /v1/models; "
         "the model's own when absent.",
     )
+    priority: Priority = Field(
+        "normal",
+        description="Who runs first: high before normal before low (fair share between "
+        "tenants within each); the highest a tenant may use is configuration.",
+    )
+    previews: bool = Field(
+        False, description="Send `preview` events (small WebP images) on the job's event stream."
+    )
     webhook_url: str | None = Field(
         None,
         max_length=2048,
@@ -103,6 +113,8 @@ class JobParams(BaseModel):
     model: str
     # None is the model's own scheduler; also what records stored before the field existed say.
     scheduler: str | None = None
+    priority: Priority = "normal"
+    previews: bool = False
 
     @property
     def denoising_steps(self) -> int:
@@ -141,6 +153,14 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     queue_position: int | None = None
     progress: Progress | None = None
+    eta_seconds: float | None = Field(
+        None,
+        description="Estimated seconds until the images are ready (queued and running jobs), "
+        "from the workers' measured step times and the work ahead.",
+    )
+    paused: bool = Field(
+        False, description="Running but paused at a step boundary for a higher-priority job."
+    )
     cancel_requested: bool = False
     worker: str | None = Field(None, description="The worker running (or that ran) the job.")
     attempt: int = Field(1, description="Which run this is: a job whose worker died runs again.")

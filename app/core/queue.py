@@ -11,9 +11,10 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from app.core.errors import FieldError, InvalidRequest, NotDurable
-from app.core.jobs import JobParams, JobStatus, Webhook, rq_job_id
+from app.core.jobs import PRIORITIES, JobParams, JobStatus, Priority, Webhook, rq_job_id
 from app.core.models import queue_name
 from app.core.store import JobStore
+from app.core.waiting import Waiting
 
 # Workers import these by name; the API never imports worker code.
 TASK = "worker.tasks.run_job"
@@ -76,6 +77,7 @@ class JobQueue:
         self.store = store
         self.job_timeout = job_timeout
         self.replicas = replicas
+        self.waiting = Waiting(redis)
         # One RQ Queue per model, made once: making one costs more than the enqueue it serves
         # (RQ checks its serializer against a runtime Protocol each time).
         self._queues: dict[str, Queue] = {}
@@ -92,13 +94,15 @@ class JobQueue:
         params: JobParams,
         tenant: str,
         idempotency: Idempotency | None = None,
+        share: float = 1.0,
     ) -> str:
         """Write the record and enqueue the job in one transaction: both or neither.
 
         With an idempotency key, the key is claimed in the same transaction, so concurrent
         duplicates on any replicas make one job; returns the id of the job the key names.
+        `share` is the job's cost over its tenant's weight (see app/core/waiting.py).
         """
-        return self.accept(job_id, params, tenant, idempotency).job_id
+        return self.accept(job_id, params, tenant, idempotency, share=share).job_id
 
     def accept(
         self,
@@ -107,10 +111,10 @@ class JobQueue:
         tenant: str,
         idempotency: Idempotency | None = None,
         webhook: Webhook | None = None,
+        share: float = 1.0,
     ) -> Submitted:
         """`submit`, telling also what the transaction wrote: the new job's creation time and
         its place in the queue right after it joined (so the caller need not read them back)."""
-        queue_key = self._queue(params.model).key
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -121,17 +125,20 @@ class JobQueue:
                             return Submitted(earlier)
                     self.enqueue_attempt(job_id, params, pipe)
                     self.store.create(job_id, params, tenant, pipe, webhook)
+                    self.waiting.add(pipe, job_id, job_id, params, share)
                     if idempotency is not None:
                         pipe.set(
                             idempotency.redis_key(tenant),
                             idempotency.record(job_id),
                             ex=self.store.result_ttl,
                         )
-                    # Read inside the transaction: the job is last in its queue at this point.
-                    pipe.llen(queue_key)
+                    # Read inside the transaction: where the job stands as it joins.
                     pipe.hget(self.store.key(job_id), "created_at")
-                    *_, length, created_at = pipe.execute()
-                    return Submitted(job_id, created_at.decode(), int(length) - 1)
+                    self.waiting.count_ahead(pipe, job_id, params.model, params.priority)
+                    replies = pipe.execute()
+                    count = 1 + PRIORITIES.index(params.priority)
+                    created_at, ahead = replies[-count - 1], replies[-count:]
+                    return Submitted(job_id, created_at.decode(), self.waiting.ahead(ahead))
                 except WatchError:
                     continue  # another replica claimed the key meanwhile: read its job
 
@@ -168,10 +175,12 @@ class JobQueue:
             pipeline=pipe,
         )
 
-    def position(self, job_id: str, model: str, attempt: int = 1) -> int | None:
-        """0-based place among the jobs waiting for this model; None if not waiting."""
-        position = self.redis.lpos(self._queue(model).key, rq_job_id(job_id, attempt))
-        return None if position is None else int(position)
+    def position(
+        self, job_id: str, model: str, attempt: int = 1, priority: Priority = "normal"
+    ) -> int | None:
+        """How many of this model's waiting jobs will start before this one (the policy's
+        order: app/core/waiting.py); None if not waiting."""
+        return self.waiting.position(rq_job_id(job_id, attempt), model, priority)
 
     def cancel(self, job_id: str, model: str, attempt: int = 1) -> JobStatus | None:
         """Cancel a job; returns the state it was in before, None if unknown."""

@@ -34,6 +34,8 @@ def _next_attempt(
     pipe.hset(key, mapping={"status": "queued", "attempt": attempt + 1, "worker": "", "step": 0})
     pipe.hdel(key, "started_at", "total_steps")
     queue.store.note_status(job_id, JobStatus.QUEUED, pipe)
+    # At the front of its band: it has waited its turn once already.
+    queue.waiting.add(pipe, job_id, rq_job_id(job_id, attempt + 1), params, 0.0, front=True)
     pipe.zrem(RUNNING_KEY, job_id)
     pipe.lrem(rq.intermediate_queue_key, 0, old_id)
     if old is not None:

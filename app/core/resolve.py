@@ -134,4 +134,6 @@ def resolve_request(
         output_format=body.output_format,
         model=spec.name,
         scheduler=body.scheduler,
+        priority=body.priority,
+        previews=body.previews,
     )

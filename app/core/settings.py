@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.policy import TenantPolicy
+
 
 class Settings(BaseSettings):
     """Everything that differs between deployments; nothing is configured by editing code."""
@@ -117,6 +119,12 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         None, description="comma-separated tenant:key pairs; unset means an open service"
     )
+    tenants: dict[str, TenantPolicy] = Field(
+        default_factory=dict,
+        description='JSON: {"tenant": {"weight": 2, "max_running": 8, "max_queued": 200, '
+        '"max_priority": "normal"}}; "*" applies to every tenant not named (the open '
+        "service is the tenant 'public')",
+    )
     log_level: str = "INFO"
 
     @field_validator("models", "redis_sentinels", "webhook_retry_delays", mode="before")
@@ -154,6 +162,16 @@ class Settings(BaseSettings):
         elif self.model not in self.models:
             raise ValueError(f"LDM_MODEL {self.model!r} must be one of LDM_MODELS {self.models}")
         return self
+
+
+    def tenant_policy(self, tenant: str) -> TenantPolicy:
+        """The share and limits of `tenant`: its own entry, else "*", else the defaults."""
+        return self.tenants.get(tenant) or self.tenants.get("*") or TenantPolicy()
+
+    @property
+    def caps_running(self) -> bool:
+        """Whether any tenant's running jobs are capped (workers then check at each claim)."""
+        return any(policy.max_running for policy in self.tenants.values())
 
 
 @lru_cache

@@ -21,12 +21,14 @@ RUNNING_KEY = "ldm:running"
 @dataclass(frozen=True)
 class Claim:
     """A job to start as part of a batch: `rq_id` names its RQ job to take from the queue at
-    `queue_key`, or is empty for the job the worker already took through RQ."""
+    `queue_key`, or is empty for the job the worker already took through RQ; `max_running`
+    caps its tenant's running jobs (None: no cap)."""
 
     job_id: str
     rq_id: str
     queue_key: str
     total_steps: int
+    max_running: int | None = None
 
 
 def _now() -> str:
@@ -143,7 +145,8 @@ class JobStore:
         args = [worker, _now(), self.result_ttl]
         for job in jobs:
             keys += [self.key(job.job_id), RQJob.key_for(job.rq_id) if job.rq_id else ""]
-            args += [job.job_id, job.rq_id, job.total_steps]
+            cap = "" if job.max_running is None else job.max_running
+            args += [job.job_id, job.rq_id, job.total_steps, cap]
         return [raw.decode() for raw in self._claim_script(keys=keys, args=args)]
 
     def report_progress(

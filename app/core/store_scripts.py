@@ -34,9 +34,18 @@ local function emit_status(job_key, job_id, ttl, status)
   end
   return emit(job_key, job_id, ttl, hook_event, 'type', 'status', 'status', status)
 end
+-- The job leaves the line it waits in (app/core/waiting.py), if any; returns its tenant.
+local function leave_line(job_key, job_id)
+  local line = redis.call('HMGET', job_key, 'wait_key', 'wait_id', 'tenant')
+  local tenant = line[3] or 'public'
+  if line[1] then redis.call('ZREM', line[1], line[2]) end
+  redis.call('SREM', 'ldm:tenant:' .. tenant .. ':queued', job_id)
+  return tenant
+end
 """
 
-# Moves a job from one of the allowed states to a new one, atomically, so that a cancel and
+# Moves a job from one of the allowed states to a new one (never back to queued: a rerun is
+# app/core/recovery.py's), atomically, so that a cancel and
 # a worker picking the job up can never both win; with a worker named, only while that worker
 # owns the job (a worker given up for dead cannot end a job that runs again elsewhere).
 # Running jobs are indexed for the lost-job check; a terminal state starts the record's TTL
@@ -48,10 +57,13 @@ if not cur then return {0, ''} end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[5] then return {0, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
+local tenant = leave_line(KEYS[1], ARGV[4])
 if ARGV[2] == 'running' then
   redis.call('ZADD', KEYS[3], tonumber(redis.call('TIME')[1]), ARGV[4])
+  redis.call('SADD', 'ldm:tenant:' .. tenant .. ':running', ARGV[4])
 else
   redis.call('ZREM', KEYS[3], ARGV[4])
+  redis.call('SREM', 'ldm:tenant:' .. tenant .. ':running', ARGV[4])
 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -71,6 +83,7 @@ if cur == 'queued' then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[4], tonumber(redis.call('TIME')[1]) + ARGV[2], ARGV[3])
   redis.call('LREM', KEYS[2], 0, ARGV[4])
+  leave_line(KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[3])
   emit_status(KEYS[1], ARGV[3], ARGV[2], 'canceled')
 elseif cur == 'running' then
@@ -79,32 +92,47 @@ end
 return cur
 """
 
-# Starts a batch in one step: the job the worker took from the queue through RQ (rq id '')
-# and compatible jobs still waiting, each taken only if it is still in the queue (so no
-# other worker and no cancel got it) and still queued. Returns the ids of the jobs started,
+# Starts jobs in one step: the job the worker took from the queue through RQ (rq id '')
+# and jobs still waiting, each taken only if it is still in the queue (so no other worker
+# and no cancel got it), still queued, and its tenant is under its running cap (a cap of ''
+# is none; a job over it stays where it waits). A job taken leaves its line and moves its
+# band's virtual time (app/core/waiting.py) to its tag. Returns the ids of the jobs started,
 # counting those already running on this worker: a client that retries the script after a
-# lost reply must not disown what the first run started. ARGV[3] is the event stream's TTL.
+# lost reply must not disown what the first run started. ARGV[3] is the event stream's TTL;
+# then per job: id, RQ id, total steps, running cap.
 CLAIM = _EMIT + """
 local started = {}
 local now = tonumber(redis.call('TIME')[1])
 for i = 0, #KEYS / 2 - 2 do
   local job_key, rq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local job_id, rq_id = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
-  local state = redis.call('HMGET', job_key, 'status', 'worker')
+  local job_id, rq_id = ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  local cap = ARGV[7 + 4 * i]
+  local state = redis.call('HMGET', job_key, 'status', 'worker', 'tenant', 'wait_key')
   local ours = state[1] == 'running' and state[2] == ARGV[1]
-  -- The RQ job stays for the worker's RQ bookkeeping, unless nobody will run it.
-  if taken and rq_id ~= '' and state[1] ~= 'queued' and not ours then
-    redis.call('DEL', rq_key)
-  end
-  if taken and state[1] == 'queued' then
-    redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
-               'total_steps', ARGV[6 + 3 * i], 'worker', ARGV[1])
-    redis.call('ZADD', KEYS[1], now, job_id)
-    emit_status(job_key, job_id, ARGV[3], 'running')
+  local running = 'ldm:tenant:' .. (state[3] or 'public') .. ':running'
+  local room = cap == '' or redis.call('SCARD', running) < tonumber(cap)
+  if ours then
     started[#started + 1] = job_id
-  elseif ours then
-    started[#started + 1] = job_id
+  elseif room or state[1] ~= 'queued' then
+    local taken = rq_id == '' or redis.call('LREM', KEYS[2], 1, rq_id) == 1
+    -- The RQ job stays for the worker's RQ bookkeeping, unless nobody will run it.
+    if taken and rq_id ~= '' and state[1] ~= 'queued' then
+      redis.call('DEL', rq_key)
+    end
+    if taken and state[1] == 'queued' then
+      if state[4] then
+        local tag = tonumber(redis.call('ZSCORE', state[4], rq_id))
+        local v = tonumber(redis.call('HGET', 'ldm:fair', state[4])) or 0
+        if tag and tag > v then redis.call('HSET', 'ldm:fair', state[4], tostring(tag)) end
+      end
+      leave_line(job_key, job_id)
+      redis.call('HSET', job_key, 'status', 'running', 'started_at', ARGV[2], 'step', '0',
+                 'total_steps', ARGV[6 + 4 * i], 'worker', ARGV[1])
+      redis.call('ZADD', KEYS[1], now, job_id)
+      redis.call('SADD', running, job_id)
+      emit_status(job_key, job_id, ARGV[3], 'running')
+      started[#started + 1] = job_id
+    end
   end
 end
 return started

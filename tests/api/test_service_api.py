@@ -102,10 +102,16 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "output_format",
         "model",
         "scheduler",
+        "priority",
+        "previews",
         "webhook_url",
         "webhook_events",
     }
     assert create["required"] == ["prompt"]
+    assert create["properties"]["priority"]["enum"] == ["high", "normal", "low"]
+    assert create["properties"]["priority"]["default"] == "normal"
+    job = spec["components"]["schemas"]["Job"]["properties"]
+    assert {"eta_seconds", "paused"} <= set(job)
     assert create["properties"]["strength"]["default"] == 0.8
     assert create["properties"]["output_format"]["enum"] == ["png", "jpeg", "webp"]
     settings = client.app.state.services.settings

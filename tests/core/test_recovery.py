@@ -87,7 +87,7 @@ def test_a_job_taken_but_never_started_is_queued_again(queue: JobQueue, redis: R
     rq = rq_queue(redis, MODEL)
     # A worker moves it off the queue (as RQ does) and dies before starting it.
     redis.lmove(rq.key, rq.intermediate_queue_key)
-    assert queue.position(job_id, MODEL) is None
+    assert redis.lpos(rq.key, job_id) is None
     assert rescue_unstarted(queue, MODEL) == 0  # first sight: a live worker may be starting it
     assert queue.store.get(job_id).attempt == 1
     redis.set(f"ldm:stranded:{job_id}", queue.store.now() - GONE_AFTER_S - 1)  # time passes
@@ -95,4 +95,5 @@ def test_a_job_taken_but_never_started_is_queued_again(queue: JobQueue, redis: R
     job = queue.store.get(job_id)
     assert (job.status, job.attempt) == (JobStatus.QUEUED, 2)
     assert queue.position(job_id, MODEL, 2) == 0
+    assert queue.position(job_id, MODEL, 1) is None  # the lost attempt left the line
     assert redis.llen(rq.intermediate_queue_key) == 0 and rq.fetch_job(job_id) is None

@@ -34,7 +34,7 @@ def room(max_cost: int, *held: JobParams) -> Callable[[JobParams], bool]:
 
 
 def claims(queue: JobQueue, worker: str = "w1") -> Claims:
-    return Claims(queue.redis, queue.store, rq_queue(queue.redis, MODEL).key, worker)
+    return Claims(queue.redis, queue.store, rq_queue(queue.redis, MODEL).key, worker, MODEL)
 
 
 def test_waiting_jobs_are_taken_in_queue_order_while_they_fit(queue: JobQueue) -> None:
