@@ -28,6 +28,7 @@ from worker.engine.state import EngineRequest, Outcome
 from worker.finisher import Finisher
 from worker.metrics import WorkerMetrics
 from worker.outcomes import STORE_FAILED, Outcomes, Task
+from worker.previews import Previews
 from worker.progress import ProgressReporter
 from worker.rq_books import RQBooks
 
@@ -61,6 +62,7 @@ class Server:
         self.progress = ProgressReporter(self.store, self.name)
         self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics)
         self.finisher = Finisher()
+        self.previews = Previews(redis, engine.family, settings)
         self.tasks: dict[str, Task] = {}
         self.alone: str | None = None  # a retried job runs by itself
         self.draining = False
@@ -85,6 +87,7 @@ class Server:
                 if self.engine.last_forward is not None:
                     self.metrics.batch_done(*self.engine.last_forward)
                 self._report(outcomes)
+                self.previews.offer(self.engine.active)
                 self._retire(outcomes)
             # A forced stop: say so rather than leave them.
             self._retire(
@@ -97,6 +100,7 @@ class Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.finisher.close()  # the last images are stored before we leave
+            self.previews.close()
             self.books.unregister()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

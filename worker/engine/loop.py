@@ -207,13 +207,16 @@ class Engine:
                     outcomes += self._drop([state], OUT_OF_MEMORY)  # too big even alone
                     continue
                 try:
-                    state.latents = state.scheduler.step(
+                    stepped = state.scheduler.step(
                         prediction,
                         state.timestep,
                         state.latents,
                         **state.step_kwargs,
                         return_dict=False,
-                    )[0]
+                    )
+                    state.latents = stepped[0]
+                    if state.request.params.previews:
+                        state.estimate = stepped[1] if len(stepped) > 1 else None
                     state.index += 1
                     state.last_run = self.iteration
                 except Exception:

@@ -40,6 +40,9 @@ class JobState:
     warnings: list[str] = field(default_factory=list)
     index: int = 0
     last_run: int = -1  # the engine iteration that last stepped this job
+    # The scheduler's estimate of the clean latents after the last step, where its step gives
+    # one (Euler, DDIM, LCM, ...): what a live preview shows.
+    estimate: torch.Tensor | None = None
 
     @property
     def job_id(self) -> str:
