@@ -63,6 +63,8 @@ class Claims:
         # The job at the head that did not fit last time: until it leaves the head or the
         # engine frees room, peeking again would only parse the same requests again.
         self.blocked: str | None = None
+        # Its request, when it waits for room (not for a rerun's turn): preemption may make some.
+        self.blocked_params: JobParams | None = None
         self._empty_at: float | None = None  # when a look last found the queue empty
 
     def wait(self, timeout: float) -> bool:
@@ -86,7 +88,7 @@ class Claims:
     def take(self, fits: Callable[[JobParams], bool], engine_empty: bool) -> list[Claimed]:
         """Claim waiting jobs in queue order while they `fit` (the engine's admission, which
         counts each job it lets in); a retried job only into an empty engine, and alone."""
-        self.blocked = None
+        self.blocked, self.blocked_params = None, None
         rq_ids = self.waiting.head(self.model, LOOK_AHEAD)
         self._empty_at = None if rq_ids else time.monotonic()
         if not rq_ids:
@@ -119,7 +121,7 @@ class Claims:
                     self.blocked = rq_id
                 break  # it runs alone, and nothing passes it meanwhile
             if not fits(claimed.params):
-                self.blocked = rq_id
+                self.blocked, self.blocked_params = rq_id, claimed.params
                 break  # in order: it waits for room rather than let later jobs pass it
             picked.append(claimed)
             if tenant in room:

@@ -21,7 +21,8 @@ from app.core.models import (
 from app.core.resolve import resolve_request
 from app.core.settings import Settings
 from worker.engine.budget import Fit, fit_rows
-from worker.engine.loop import Engine, free_memory
+from worker.engine.loop import Engine
+from worker.engine.memory import free_memory
 from worker.engine.state import EngineRequest
 from worker.families import load_family
 from worker.families.base import InvalidInput

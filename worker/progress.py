@@ -26,7 +26,7 @@ class ProgressReporter:
         self.worker = worker
         self.interval = interval
         self._lock = threading.Condition()
-        self._pending: dict[str, tuple[int, int]] | None = None
+        self._pending: dict[str, tuple[int, int] | None] | None = None
         self._canceled: set[str] = set()
         self._busy = False
         self._reported = 0  # reports handed over so far
@@ -35,10 +35,12 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
 
-    def report(self, steps: Mapping[str, tuple[int, int]]) -> None:
-        """These jobs have finished these (step, of total) steps; returns at once."""
+    def report(self, steps: Mapping[str, tuple[int, int]], watch: Iterable[str] = ()) -> None:
+        """These jobs have finished these (step, of total) steps; `watch` jobs (paused ones)
+        only have their cancel flags read. Returns at once."""
         with self._lock:
-            self._pending = (self._pending or {}) | dict(steps)
+            watched = {job_id: None for job_id in watch if job_id not in steps}
+            self._pending = (self._pending or {}) | watched | dict(steps)
             self._reported += 1
             if (now := time.monotonic()) - self._woken_at >= self.interval:
                 self._woken_at = now
@@ -77,8 +79,8 @@ class ProgressReporter:
                 taken = self._reported
             canceled: set[str] = set()
             try:
-                done = [step for step, _ in steps.values()]
-                totals = [total for _, total in steps.values()]
+                done = ["" if v is None else v[0] for v in steps.values()]
+                totals = ["" if v is None else v[1] for v in steps.values()]
                 canceled = self.store.report_progress(list(steps), done, self.worker, totals)
             except RedisError:
                 # Redis is away (a restart, a failover): denoise on; progress resumes after.

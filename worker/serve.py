@@ -87,6 +87,7 @@ class Server:
                 if self.engine.last_forward is not None:
                     self.metrics.batch_done(*self.engine.last_forward)
                 self._report(outcomes)
+                self._resumed()
                 self.previews.offer(self.engine.active)
                 self._retire(outcomes)
             # A forced stop: say so rather than leave them.
@@ -140,6 +141,16 @@ class Server:
                 return True  # nothing left the engine, and the next job still does not fit
             self._retired = False
             claimed = self.claims.take(self.engine.admission().take, empty)
+            if self.claims.blocked_params and (
+                paused := self.engine.preempt(self.claims.blocked_params)
+            ):
+                log.info("paused %s for a higher-priority job", ", ".join(paused))
+                # Their last steps, which the coalescing progress thread may not have written.
+                frozen = {s.job_id: (s.index, s.total_steps) for s in self.engine.paused}
+                self.progress.report({job_id: frozen[job_id] for job_id in paused})
+                self.progress.flush()  # before `paused`: a client never sees a stale step
+                self.store.set_paused(paused, True, self.name)
+                claimed += self.claims.take(self.engine.admission().take, False)
         except RedisError:
             log.warning("lost Redis; taking jobs again in 1 s")
             self._lost_redis = True  # a claim in flight may have taken jobs: look for them
@@ -171,13 +182,25 @@ class Server:
         deadline = time.monotonic() + task.timeout
         self.engine.submit(EngineRequest(job.job_id, job.params, task.init_image, deadline))
 
+    def _resumed(self) -> None:
+        """Say so of the paused jobs that went on in the last iteration."""
+        if not self.engine.resumed:
+            return
+        resumed, self.engine.resumed = self.engine.resumed, []
+        try:
+            self.store.set_paused(resumed, False, self.name)
+        except RedisError:
+            log.warning("could not mark %d jobs resumed", len(resumed))
+
     def _report(self, outcomes: list[Outcome]) -> None:
         steps = self.engine.progress()
         finished = {
             o.job_id: (o.steps, o.steps) for o in outcomes if o.ok and o.job_id in self.tasks
         }
-        if steps or finished:
-            self.progress.report(steps | finished)  # written before their final state
+        paused = [state.job_id for state in self.engine.paused]
+        if steps or finished or paused:
+            # Written before their final state; paused jobs only have their cancel flags read.
+            self.progress.report(steps | finished, watch=paused)
         for job_id in self.progress.canceled(self.tasks):
             self.engine.cancel(job_id)
 

@@ -45,6 +45,7 @@ class JobStore:
         self._cancel_script = redis.register_script(store_scripts.CANCEL)
         self._claim_script = redis.register_script(store_scripts.CLAIM)
         self._progress_script = redis.register_script(store_scripts.PROGRESS)
+        self._pause_script = redis.register_script(store_scripts.PAUSE)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -101,6 +102,7 @@ class JobStore:
             started_at=fields.get("started_at"),
             finished_at=fields.get("finished_at"),
             progress=progress,
+            paused=fields.get("paused") == "1" and fields["status"] == JobStatus.RUNNING,
             cancel_requested=fields.get("cancel") == "1",
             worker=fields.get("worker") or None,
             attempt=int(fields.get("attempt", 1)),
@@ -152,13 +154,13 @@ class JobStore:
     def report_progress(
         self,
         job_ids: Sequence[str],
-        step: int | Sequence[int],
+        step: int | Sequence[int | str],
         worker: str = "",
-        totals: Sequence[int] | None = None,
+        totals: Sequence[int | str] | None = None,
     ) -> set[str]:
         """Record finished denoising steps for jobs running on `worker` (one step for all, or
-        one per job, with the totals their schedulers run when given); returns those whose
-        cancel was requested, in one round trip."""
+        one per job, with the totals their schedulers run when given; a step of "" records
+        nothing); returns those whose cancel was requested, in one round trip."""
         steps = [step] * len(job_ids) if isinstance(step, int) else list(step)
         keys = [self.key(job_id) for job_id in job_ids]
         args: list[object] = [worker, self.result_ttl]
@@ -166,6 +168,12 @@ class JobStore:
             args += [job_id, done, total]
         flags = self._progress_script(keys=keys, args=args)
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
+
+    def set_paused(self, job_ids: Sequence[str], paused: bool, worker: str) -> None:
+        """Mark jobs running on `worker` paused for a higher priority (progress frozen), or
+        resumed, in one round trip."""
+        keys = [self.key(job_id) for job_id in job_ids]
+        self._pause_script(keys=keys, args=[worker, self.result_ttl, int(paused), *job_ids])
 
     def succeed(
         self, job_id: str, images: list[ImageInfo], worker: str = "", warnings: Sequence[str] = ()

@@ -141,8 +141,9 @@ return started
 # Records the latest finished step of each job of the active set still running on this worker
 # (each job at its own step, with the total its scheduler really runs), and reads their cancel
 # flags, in one round trip. A job's progress webhook goes out at most once a second, and on its
-# last step. ARGV: worker, stream TTL, then a job id, its step and its total per key. Returns a
-# 1 per job whose cancel was requested.
+# last step. A step of '' only reads the flag (a paused job's progress stays as it was).
+# ARGV: worker, stream TTL, then a job id, its step and its total per key. Returns a 1 per job
+# whose cancel was requested.
 PROGRESS = _EMIT + """
 local canceled = {}
 local now = tonumber(redis.call('TIME')[1])
@@ -150,7 +151,7 @@ for i, key in ipairs(KEYS) do
   local job_id, step, total = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
   local state = redis.call('HMGET', key, 'status', 'worker', 'cancel', 'total_steps',
                            'webhook_events', 'webhook_progress_at')
-  if state[1] == 'running' and (ARGV[1] == '' or state[2] == ARGV[1]) then
+  if step ~= '' and state[1] == 'running' and (ARGV[1] == '' or state[2] == ARGV[1]) then
     if total == '' then total = state[4] end
     redis.call('HSET', key, 'step', step, 'total_steps', total)
     local hook_event = nil
@@ -164,4 +165,18 @@ for i, key in ipairs(KEYS) do
   canceled[i] = state[3] == '1' and 1 or 0
 end
 return canceled
+"""
+
+# Marks jobs running on this worker paused (set aside at a step boundary for a higher-priority
+# job) or resumed, announcing it on each job's stream. ARGV: worker, stream TTL, '1' or '0',
+# then the job ids (one per key).
+PAUSE = _EMIT + """
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HMGET', key, 'status', 'worker')
+  if state[1] == 'running' and state[2] == ARGV[1] then
+    redis.call('HSET', key, 'paused', ARGV[3])
+    emit(key, ARGV[3 + i], ARGV[2], nil, 'type', 'paused', 'paused', ARGV[3])
+  end
+end
+return #KEYS
 """

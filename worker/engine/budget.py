@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.engine.loop import free_memory, is_out_of_memory
+from worker.engine.memory import free_memory, is_out_of_memory
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import Family
 

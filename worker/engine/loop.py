@@ -4,7 +4,6 @@ iteration at a time, with jobs joining and leaving at every step boundary.
 It knows nothing of Redis or storage: the worker feeds it requests and takes its outcomes
 (worker/serve.py), and a benchmark can drive it directly (bench/gpu.py)."""
 
-import gc
 import logging
 import time
 from collections import deque
@@ -12,30 +11,20 @@ from collections.abc import Callable
 
 import torch
 
-from worker.engine.admission import Admission
+from app.core.jobs import JobParams
+from worker.engine.admission import Admission, rank
+from worker.engine.memory import (
+    INTERNAL,
+    OUT_OF_MEMORY,
+    decode_in_tiles,
+    free_memory,
+    is_out_of_memory,
+)
+from worker.engine.preemption import to_pause
 from worker.engine.state import EngineRequest, JobState, Outcome
 from worker.families.base import Family, InvalidInput
 
 log = logging.getLogger(__name__)
-
-OUT_OF_MEMORY = ("out_of_memory", "not enough memory; ask for fewer, smaller images")
-INTERNAL = ("internal", "the worker failed to run the job")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA raises OutOfMemoryError; CPU allocators a plain RuntimeError."""
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    )
-
-
-def free_memory(device: torch.device) -> None:
-    """Give cached accelerator memory back after an out-of-memory error."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 class Engine:
@@ -58,6 +47,8 @@ class Engine:
         self.clock = clock
         self.pending: deque[EngineRequest] = deque()
         self.active: list[JobState] = []
+        self.paused: list[JobState] = []  # set aside for a higher priority, resumed first
+        self.resumed: list[str] = []  # jobs resumed since the worker last looked
         self.iteration = 0
         self.last_forward: tuple[int, float] | None = None  # images, seconds (for metrics)
         self._cancels: set[str] = set()
@@ -74,15 +65,27 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.active
+        return not self.pending and not self.active and not self.paused
 
     def admission(self) -> Admission:
         """What may join now: per group (latent shape), jobs fit while that group's cost stays
-        within `max_cost`; a group with nothing in it takes any one job."""
+        within `max_cost`; a group with nothing in it takes any one job. Paused jobs keep
+        their room against jobs of their priority or lower."""
         admission = Admission(self.family, self.max_cost)
         for params in [s.request.params for s in self.active] + [r.params for r in self.pending]:
             admission.add(params)
+        for state in self.paused:
+            admission.reserve(state.request.params)
         return admission
+
+    def preempt(self, newcomer: JobParams) -> list[str]:
+        """Pause the fewest lower-priority jobs that make room for `newcomer` (a job that
+        does not fit now); the ids of those paused, none if it cannot be done."""
+        chosen = to_pause(self.active, self.admission(), newcomer)
+        gone = {s.job_id for s in chosen}
+        self.active = [s for s in self.active if s.job_id not in gone]
+        self.paused += chosen
+        return [s.job_id for s in chosen]
 
     def progress(self) -> dict[str, tuple[int, int]]:
         """Steps done and total per active job."""
@@ -111,17 +114,9 @@ class Engine:
         return outcomes
 
     def _retire_stopped(self) -> list[Outcome]:
-        now = self.clock()
-        outcomes, kept = [], []
-        for state in self.active:
-            deadline = state.request.deadline
-            if state.job_id in self._cancels:
-                outcomes.append(Outcome(state.job_id, error=("canceled", "canceled")))
-            elif deadline is not None and now > deadline:
-                outcomes.append(Outcome(state.job_id, error=("timeout", "the job ran too long")))
-            else:
-                kept.append(state)
-        self.active = kept
+        outcomes: list[Outcome] = []
+        self.active = self._stopped(self.active, outcomes)
+        self.paused = self._stopped(self.paused, outcomes)
         for request in list(self.pending):
             if request.job_id in self._cancels:
                 self.pending.remove(request)
@@ -129,25 +124,47 @@ class Engine:
         self._cancels -= {o.job_id for o in outcomes}
         return outcomes
 
+    def _stopped(self, states: list[JobState], outcomes: list[Outcome]) -> list[JobState]:
+        """Those of `states` neither canceled nor past their deadline; outcomes for the rest."""
+        now, kept = self.clock(), []
+        for state in states:
+            deadline = state.request.deadline
+            if state.job_id in self._cancels:
+                outcomes.append(Outcome(state.job_id, error=("canceled", "canceled")))
+            elif deadline is not None and now > deadline:
+                outcomes.append(Outcome(state.job_id, error=("timeout", "the job ran too long")))
+            else:
+                kept.append(state)
+        return kept
+
     def _admit(self) -> list[Outcome]:
-        if not self.pending:
-            return []
+        """Paused jobs and claimed ones join in priority order (paused first within one), as
+        long as they fit; the first that does not fit waits, and so do all after it."""
         admission = Admission(self.family, self.max_cost)
         for state in self.active:
             admission.add(state.request.params)
+        waiting: list[JobState | EngineRequest] = [*self.paused, *self.pending]
+        waiting.sort(key=lambda w: rank(w.request.params if isinstance(w, JobState) else w.params))
         newcomers: list[EngineRequest] = []
         outcomes: list[Outcome] = []
-        while self.pending:
-            request = self.pending[0]
-            try:
-                self.family.check(request.params, request.init_image)
-            except InvalidInput as exc:
-                self.pending.popleft()
-                outcomes.append(Outcome(request.job_id, error=("invalid_input", str(exc))))
+        for item in waiting:
+            if isinstance(item, JobState):
+                if not admission.take(item.request.params):
+                    break
+                self.paused.remove(item)
+                self.active.append(item)
+                self.resumed.append(item.job_id)
                 continue
-            if not admission.take(request.params):
-                break  # FIFO: it waits for room rather than let later jobs pass it
-            newcomers.append(self.pending.popleft())
+            try:
+                self.family.check(item.params, item.init_image)
+            except InvalidInput as exc:
+                self.pending.remove(item)
+                outcomes.append(Outcome(item.job_id, error=("invalid_input", str(exc))))
+                continue
+            if not admission.take(item.params):
+                break  # in order: it waits for room rather than let later jobs pass it
+            self.pending.remove(item)
+            newcomers.append(item)
         if newcomers:
             outcomes += self._prepare(newcomers)
         return outcomes
@@ -251,7 +268,7 @@ class Engine:
                 free_memory(self.family.device)
                 return [o for state in finished for o in self._finish([state])]
             free_memory(self.family.device)
-            if is_out_of_memory(exc) and (tiled := self._decode_in_tiles(finished[0])):
+            if is_out_of_memory(exc) and (tiled := decode_in_tiles(self.family, finished[0])):
                 return tiled
             error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
             log.warning("could not decode job %s", finished[0].job_id, exc_info=True)
@@ -260,25 +277,6 @@ class Engine:
             Outcome(state.job_id, images=job_images, warnings=state.warnings, steps=state.index)
             for state, job_images in zip(finished, images, strict=True)
         ]
-
-    def _decode_in_tiles(self, state: JobState) -> list[Outcome] | None:
-        """Out of memory decoding one job: decode it in tiles (which changes the picture
-        slightly, so the job says so); None where tiling is not possible or already on."""
-        vae = getattr(getattr(self.family, "pipe", None), "vae", None)
-        if vae is None or not hasattr(vae, "enable_tiling") or getattr(vae, "use_tiling", True):
-            return None
-        vae.enable_tiling()
-        try:
-            (images,) = self.family.decode([state])
-        except Exception:
-            log.warning("could not decode job %s in tiles either", state.job_id, exc_info=True)
-            return None
-        finally:
-            vae.disable_tiling()
-        state.warnings.append(
-            "the VAE ran out of memory and decoded in tiles, which changes the picture slightly"
-        )
-        return [Outcome(state.job_id, images=images, warnings=state.warnings, steps=state.index)]
 
     def _drop(self, states: list[JobState], error: tuple[str, str]) -> list[Outcome]:
         gone = {s.job_id for s in states}
