@@ -34,6 +34,8 @@ class Task:
     rq_id: str = ""
     timeout: float | None = None
     warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)  # when the worker claimed it
+    step_s: float | None = None  # seconds per step, claim to stored images, once it succeeded
 
 
 def durably(write: Callable[..., bool], *args: object) -> bool:
@@ -97,6 +99,7 @@ class Outcomes:
                 infos = self._store_images(task, images)
                 if durably(self.store.succeed, task.job_id, infos, worker, task.warnings):
                     self.metrics.job_ended(task.job_id, JobStatus.SUCCEEDED)
+                    task.step_s = (time.monotonic() - task.started) / task.params.denoising_steps
                 else:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
             except Exception:
@@ -128,12 +131,14 @@ class Outcomes:
         if self.service_rate is None or not tasks:
             return
         # Feeds the API's Retry-After when the queue is full; losing a count is harmless.
-        models: dict[str, list[str]] = {}
+        models: dict[str, list[Task]] = {}
         for task in tasks:
-            models.setdefault(task.params.model, []).append(task.job_id)
-        for model, job_ids in models.items():
+            models.setdefault(task.params.model, []).append(task)
+        for model, ended in models.items():
+            job_ids = [task.job_id for task in ended]
+            paces = [task.step_s for task in ended if task.step_s is not None]
             try:
-                self.service_rate.record(model, *job_ids)
+                self.service_rate.record(model, *job_ids, step_s=paces)
             except RedisError:
                 log.warning("could not count %d finished jobs", len(job_ids))
 

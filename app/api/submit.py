@@ -4,6 +4,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.api.deps import Services
 from app.core.errors import (
@@ -14,6 +15,7 @@ from app.core.errors import (
     RateLimited,
     TooManyQueued,
 )
+from app.core.eta import eta_seconds
 from app.core.images import decode_init_image, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Webhook, new_job_id
 from app.core.logs import annotate
@@ -52,6 +54,14 @@ def load_job(services: Services, job_id: str, tenant: str) -> Job:
         position = services.queue.position(job_id, job.model, job.attempt, priority)
         # Popped by a worker but not yet started: it is next, not gone.
         job.queue_position = 0 if position is None else position
+    return with_eta(services, job)
+
+
+def with_eta(services: Services, job: Job) -> Job:
+    """The job with its `eta_seconds` (queued and running jobs; one round trip)."""
+    if not job.status.is_terminal():
+        pace = services.service_rate.pace(job.model)
+        job.eta_seconds = eta_seconds(job, pace, datetime.now(UTC))
     return job
 
 
@@ -143,4 +153,4 @@ def submit(
         queue_position=submitted.queue_position,
         request=params,
     )
-    return Submission(job, replayed=False)
+    return Submission(with_eta(services, job), replayed=False)

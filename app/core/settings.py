@@ -163,7 +163,6 @@ class Settings(BaseSettings):
             raise ValueError(f"LDM_MODEL {self.model!r} must be one of LDM_MODELS {self.models}")
         return self
 
-
     def tenant_policy(self, tenant: str) -> TenantPolicy:
         """The share and limits of `tenant`: its own entry, else "*", else the defaults."""
         return self.tenants.get(tenant) or self.tenants.get("*") or TenantPolicy()

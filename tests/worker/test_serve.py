@@ -91,6 +91,7 @@ def test_mixed_jobs_share_forwards_and_each_gets_its_own_images(
     with pytest.raises(ObjectNotFound):  # the init image goes once its job has ended
         storage.get(init_image_key(ids["img2img"]))
     assert ServiceRate(queue.redis).per_second(MODEL) > 0  # counted for the API's Retry-After
+    assert ServiceRate(queue.redis).pace(MODEL).step_s > 0  # and its ETAs
     assert queue.depth(MODEL) == 0 and server.engine.idle
 
 
