@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         description="text embeddings a worker keeps by text (the empty negative prompt, "
         "repeated prompts); 0 keeps none",
     )
+    preview_interval: float = Field(
+        0.25, ge=0, description="seconds between two live previews of a job (at least)"
+    )
+    preview_every: int = Field(1, ge=1, description="steps between two live previews (at least)")
     cpu_threads: int | None = Field(
         None,
         ge=1,
