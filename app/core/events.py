@@ -19,8 +19,9 @@ START = "0-0"
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of a job's stream: `type` is "status" (with `status`) or "progress" (with
-    `step` and `total_steps`); `id` orders events and resumes a follower after it."""
+    """One entry of a job's stream: `type` is "status" (with `status`), "progress" (with
+    `step` and `total_steps`) or "preview" (those and `image`, a WebP data URL); `id` orders
+    events and resumes a follower after it."""
 
     id: str
     type: str

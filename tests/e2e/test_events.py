@@ -1,5 +1,8 @@
 """Live progress over Server-Sent Events, against real API processes, Redis and a worker."""
 
+import base64
+import io
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -7,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from scripts.stack import LocalStack
 from tests.e2e.conftest import BEHIND_BUSY, BUSY, SLOW
@@ -103,3 +107,31 @@ def test_an_unknown_job_is_a_problem_not_a_stream(stack: LocalStack) -> None:
     response = stack.http.get("/v1/jobs/j_01ARZ3NDEKTSV4RRFFQ69G5FAV/events")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_previews_arrive_throttled_and_leave_the_image_unchanged(
+    stack: LocalStack, replica: httpx.Client
+) -> None:
+    job = stack.submit(SLOW | {"seed": 5, "width": 256, "height": 128, "previews": True})
+    events = list(follow(replica, job["id"]))
+    previews = [e for e in events if e.event == "preview"]
+    assert previews, "a 2-second job sends previews"
+    for preview in previews:
+        assert set(preview.data) == {"step", "total_steps", "image"}
+        assert preview.data["total_steps"] == 60 and 0 < preview.data["step"] < 60
+        url = preview.data["image"]
+        assert url.startswith("data:image/webp;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert image.format == "WEBP" and image.size == (256, 128)  # the job's own shape
+    # At most one every 250 ms (stream ids are Redis's milliseconds; the writes may lag their
+    # decision by a few ms), so a job of a few seconds gets a handful, not one per step.
+    times = [int(e.id.split("-")[0]) for e in previews if e.id]
+    assert all(later - earlier >= 200 for earlier, later in itertools.pairwise(times))
+    assert len(previews) < 30
+    done = events[-1].data
+    assert events[-1].event == "done" and done["status"] == "succeeded"
+    # The same job without previews makes the very same image.
+    plain = stack.wait(stack.submit(SLOW | {"seed": 5, "width": 256, "height": 128})["id"])
+    assert stack.image(plain).content == stack.image(done).content
+    stream = stack.redis.xrange(f"ldm:job:{plain['id']}:events")
+    assert [f for _, f in stream if f[b"type"] == b"preview"] == []

@@ -34,7 +34,7 @@ def _status(job: Job, event_id: str | None) -> ServerSentEvent:
     "/{job_id}/events",
     response_class=EventSourceResponse,
     responses={
-        200: {"description": "`status`, `progress` and a final `done` event"},
+        200: {"description": "`status`, `progress`, `preview` and a final `done` event"},
         401: PROBLEM_RESPONSE,
         404: PROBLEM_RESPONSE,
     },
@@ -46,7 +46,8 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow a job live: `status` (the job object, on each change and queue move),
-    `progress` (step, total_steps) and a last `done` event with the finished job.
+    `progress` (step, total_steps), `preview` (step, total_steps, image: a WebP data URL;
+    for jobs submitted with `"previews": true`) and a last `done` event with the finished job.
 
     Reconnect with `Last-Event-ID` to resume without missing a state change."""
     events = services.events
@@ -64,9 +65,11 @@ async def job_events(
         if job.status.is_terminal():
             return
     async for event in events.follow(job.id, after):
-        if event is not None and event.type == "progress":
-            progress = {k: int(event.fields[k]) for k in ("step", "total_steps")}
-            yield ServerSentEvent(event="progress", id=event.id, data=progress)
+        if event is not None and event.type in ("progress", "preview"):
+            data: dict[str, int | str] = {k: int(event.fields[k]) for k in ("step", "total_steps")}
+            if event.type == "preview":
+                data["image"] = event.fields["image"]
+            yield ServerSentEvent(event=event.type, id=event.id, data=data)
             continue
         if event is None and job.status is not JobStatus.QUEUED:
             continue  # quiet while running: only a queued job's position moves unannounced
