@@ -40,7 +40,18 @@ class ImageGenerate(BaseModel):
     )
     output_compression: int | None = Field(None, ge=0, le=100, description="Ignored.")
     complexity: str | None = Field(None, description="Ignored.")
-    stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
+    stream: bool | None = Field(
+        None,
+        description="true: answer with Server-Sent Events as OpenAI streams images "
+        "(`image_generation.partial_image`, then `image_generation.completed` per image).",
+    )
+    partial_images: int | None = Field(
+        None,
+        ge=0,
+        le=3,
+        description="With `stream`: up to this many partial images (live previews, spread over "
+        "the run; fewer when the job is quick), default 0.",
+    )
     # Extensions: the knobs of POST /v1/jobs that OpenAI's shape lacks.
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent.")
     negative_prompt: str | None = Field(None, max_length=2000)

@@ -112,7 +112,12 @@ def test_bad_requests_name_the_openai_parameter(client: TestClient, redis: Redis
         ({"prompt": "x", "n": 5}, "n", "invalid_value"),
         ({"prompt": "x", "n": "2"}, "n", "invalid_type"),
         ({"prompt": "x", "response_format": "jpeg"}, "response_format", "invalid_value"),
-        ({"prompt": "x", "stream": True}, "stream", "invalid_value"),
+        ({"prompt": "x", "stream": "yes"}, "stream", "invalid_type"),
+        (
+            {"prompt": "x", "stream": True, "partial_images": 4},
+            "partial_images",
+            "integer_above_max_value",
+        ),
         ({"prompt": "x", "mask": "..."}, "mask", "unknown_parameter"),
         ({"size": "64x64"}, "prompt", "missing_required_parameter"),
     ]

@@ -113,3 +113,52 @@ def test_the_wait_is_bounded_and_the_job_canceled_not_resubmitted(stack: LocalSt
         assert stack.wait(gone, timeout=10)["status"] == "canceled"
     finally:
         stack.http.post(f"/v1/jobs/{busy['id']}/cancel")
+
+
+def test_a_stream_sends_partial_images_spread_over_the_run_then_the_image(
+    stack: LocalStack,
+) -> None:
+    # About 2 s on the tiny model: previews every 250 ms, enough for the partial images.
+    slow = {"num_inference_steps": 60, "seed": 11}
+    with client_of(stack.http).images.generate(
+        prompt="a red circle", size="256x128", stream=True, partial_images=2, extra_body=slow
+    ) as stream:
+        job_id = stream.response.headers["x-job-id"]
+        events = list(stream)
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + [
+        "image_generation.completed"
+    ]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    for event in events:
+        assert (event.size, event.output_format, event.quality) == ("256x128", "png", "auto")
+        image = Image.open(io.BytesIO(base64.b64decode(event.b64_json)))
+        assert (image.format, image.size) == ("PNG", (256, 128))
+    job = stack.job(job_id)
+    assert job["request"]["previews"] is True and job["status"] == "succeeded"
+    assert base64.b64decode(events[-1].b64_json) == stack.image(job).content
+    assert events[-1].usage.total_tokens == 0
+
+
+def test_a_stream_without_partial_images_sends_only_the_images(stack: LocalStack) -> None:
+    stream = client_of(stack.http).images.generate(
+        prompt="a blue square", n=2, stream=True, partial_images=0, extra_body=FAST | {"seed": 2}
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
+    job = stack.job(stream.response.headers["x-job-id"])
+    assert job["request"]["previews"] is False  # nothing to forward: none are made
+    assert [base64.b64decode(e.b64_json) for e in events] == [
+        stack.image(job, i).content for i in range(2)
+    ]
+
+
+def test_a_stream_whose_job_is_canceled_raises_the_packages_error(stack: LocalStack) -> None:
+    stream = client_of(stack.http).images.generate(
+        prompt="canceled", size="512x512", stream=True, extra_body={"num_inference_steps": 100}
+    )
+    job_id = stream.response.headers["x-job-id"]
+    stack.wait(job_id, {"running"})
+    stack.http.post(f"/v1/jobs/{job_id}/cancel").raise_for_status()
+    with pytest.raises(openai.APIError) as canceled:
+        list(stream)
+    assert canceled.value.code == "canceled" and job_id in canceled.value.message

@@ -7,17 +7,25 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.openai_errors import INVALID, SERVER, OpenAIProblem, OpenAIRoute, error_responses
 from app.api.openai_schemas import ImageData, ImageGenerate, ImagesResponse
+from app.api.openai_stream import ImageStream
 from app.api.submit import submit
 from app.core.errors import FieldError, InvalidRequest
 from app.core.events import wait_finished
 from app.core.jobs import Job, JobCreate, JobStatus
 from app.core.storage import image_key
 
+_STREAMED: dict[int | str, dict] = {
+    200: {
+        "description": "The images; with `stream: true`, OpenAI's image generation events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=OpenAIRoute)
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 # Passed on from the OpenAI request to the job as they are.
@@ -44,6 +52,8 @@ def to_job(body: ImageGenerate) -> JobCreate:
         fields["num_images"] = body.n
     if body.output_format is not None:
         fields["output_format"] = body.output_format
+    if body.stream and body.partial_images:
+        fields["previews"] = True  # partial images are the job's live previews
     try:
         return JobCreate(**fields)
     except ValidationError as exc:
@@ -128,7 +138,7 @@ def _images(services: Services, request: Request, job: Job, b64: bool) -> list[I
     "/generations",
     response_model=ImagesResponse,
     response_model_exclude_none=True,
-    responses=error_responses(),
+    responses=error_responses() | _STREAMED,
 )
 async def generate_images(
     body: ImageGenerate,
@@ -137,8 +147,12 @@ async def generate_images(
     services: ServicesDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
-) -> ImagesResponse:
+) -> ImagesResponse | StreamingResponse:
     """Generate images and answer once they are ready, in OpenAI's Images API shape.
+
+    With `stream: true` the answer is `text/event-stream`, as OpenAI streams images:
+    `partial_images` (0..3) `image_generation.partial_image` events from the job's live
+    previews, then one `image_generation.completed` per image (`b64_json`), or an `error`.
 
     Waits at most `LDM_SYNC_WAIT_TIMEOUT` seconds (504 after that, the job canceled); a
     client that hangs up cancels its job too. Errors come in OpenAI's shape
@@ -148,6 +162,8 @@ async def generate_images(
     submission = await asyncio.to_thread(submit, services, tenant, job, idempotency_key)
     job_id = submission.job.id
     response.headers["X-Job-Id"] = job_id
+    if body.stream:
+        return ImageStream(services, body, submission.job, _give_up, _outcome_error).response()
     timeout = services.settings.sync_wait_timeout
     try:
         finished = submission.job
