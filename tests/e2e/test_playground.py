@@ -172,3 +172,46 @@ def test_a_bad_field_shows_the_api_error_next_to_it(
     expect(alert).to_be_hidden()
     expect(page.get_by_label(label, exact=True)).not_to_have_attribute("aria-invalid", "true")
     wait_finished(page)
+
+
+# Test-only: every preview the page showed (its step, and its size once loaded).
+RECORD_PREVIEWS = """() => {
+  window.previewsShown = [];
+  const img = document.getElementById("preview-image");
+  img.addEventListener("load", () => window.previewsShown.push({
+    step: Number(img.dataset.step), width: img.naturalWidth, height: img.naturalHeight,
+    src: img.src.slice(0, 23),
+  }));
+}"""
+
+
+def test_the_page_shows_live_previews_while_the_job_runs(stack: LocalStack, page: Page) -> None:
+    page.evaluate(RECORD_PREVIEWS)
+    fill(page, "a blue square", Width=256, Height=128, Steps=60, Seed=3)
+    expect(page.get_by_label("Live preview")).to_be_checked()  # on by default
+    generate(page)
+    preview = page.get_by_role("img", name="Live preview of the running job")
+    expect(preview).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(status(page)).to_contain_text("Running, step")  # beside the progress, as it runs
+    expect(page.locator("#preview-caption")).to_contain_text(re.compile(r"step \d+ / 60"))
+    wait_finished(page)
+    expect(preview).to_be_hidden()  # the images take its place
+    job = stack.job(job_id(page))
+    assert job["request"]["previews"] is True
+    previews = page.evaluate("window.previewsShown")
+    assert previews, "no preview was shown"
+    steps = [p["step"] for p in previews]
+    assert steps == sorted(steps) and all(0 < step < 60 for step in steps)
+    for shown_preview in previews:
+        assert shown_preview["src"] == "data:image/webp;base64,"
+        assert (shown_preview["width"], shown_preview["height"]) == (256, 128)
+    assert [i["width"] for i in loaded_images(page)] == [256]
+
+
+def test_previews_can_be_turned_off(stack: LocalStack, page: Page) -> None:
+    fill(page, "a quiet job", Width=64, Height=64, Steps=20)
+    page.get_by_label("Live preview").uncheck()
+    generate(page)
+    wait_finished(page)
+    assert stack.job(job_id(page))["request"]["previews"] is False
+    expect(page.locator("#preview")).to_be_hidden()
