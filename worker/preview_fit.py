@@ -39,7 +39,7 @@ class LatentToRGB:
         return rgb.clamp_(0, 1).cpu()
 
     def image(self, latents: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-        """A PIL image of `size` (width, height) from (C, h, w) latents (bilinear upscale)."""
+        """A PIL image of `size` (width, height) from (C, h, w) latents (bilinear resize)."""
         rgb = (self.rgb(latents) * 255).round_().to(torch.uint8).numpy()
         image = Image.fromarray(rgb, "RGB")
         return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)

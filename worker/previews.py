@@ -24,7 +24,7 @@ from worker.preview_fit import LatentToRGB, fit
 
 log = logging.getLogger(__name__)
 
-MAX_SIDE = 256  # pixels on a preview's longer side: a few KB of WebP
+MAX_SIDE = 256  # pixels on a preview's longer side, at most: a few KB of WebP
 WEBP_QUALITY = 60
 
 # Appends a preview to each job's stream, only while the job still runs: a preview written
@@ -137,13 +137,17 @@ class Previews:
         self._script(keys=[JobStore.key(job_id) for job_id in shots], args=args)
 
     def render(self, shot: Shot) -> str:
-        """The preview as a `data:image/webp;base64,` URL, the job's aspect ratio, at most
-        `MAX_SIDE` pixels (and never more than the image's own size) on its longer side."""
+        """The preview as a `data:image/webp;base64,` URL at latent resolution (the job's
+        aspect ratio; 1/8 of its sides for SD): all the detail a projection holds, and
+        encoding more pixels would cost the worker more than the rest of a preview (a 64x64
+        WebP takes 4x an 8x8's). Clients scale it up. At most `MAX_SIDE` on its longer side."""
         assert self.projection is not None
-        scale = min(1.0, MAX_SIDE / max(shot.width, shot.height))
-        size = (max(1, round(shot.width * scale)), max(1, round(shot.height * scale)))
+        grid = self._grid(shot)
+        height, width = grid.shape[-2:]
+        scale = min(1.0, MAX_SIDE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
         with torch.inference_mode():
-            image = self.projection.image(self._grid(shot), size)
+            image = self.projection.image(grid, size)
         buffer = io.BytesIO()
         image.save(buffer, "WEBP", quality=WEBP_QUALITY, method=0)
         return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -193,6 +193,9 @@ def test_the_page_shows_live_previews_while_the_job_runs(stack: LocalStack, page
     preview = page.get_by_role("img", name="Live preview of the running job")
     expect(preview).to_be_visible(timeout=JOB_TIMEOUT_MS)
     expect(status(page)).to_contain_text("Running, step")  # beside the progress, as it runs
+    box = preview.bounding_box()
+    assert box and box["width"] == pytest.approx(2 * box["height"], abs=2)  # scaled up, 2:1
+    assert box["width"] >= 128
     expect(page.locator("#preview-caption")).to_contain_text(re.compile(r"step \d+ / 60"))
     wait_finished(page)
     expect(preview).to_be_hidden()  # the images take its place
@@ -204,7 +207,7 @@ def test_the_page_shows_live_previews_while_the_job_runs(stack: LocalStack, page
     assert steps == sorted(steps) and all(0 < step < 60 for step in steps)
     for shown_preview in previews:
         assert shown_preview["src"] == "data:image/webp;base64,"
-        assert (shown_preview["width"], shown_preview["height"]) == (256, 128)
+        assert (shown_preview["width"], shown_preview["height"]) == (32, 16)  # latent size
     assert [i["width"] for i in loaded_images(page)] == [256]
 
 
