@@ -119,8 +119,16 @@ def test_a_dropped_event_stream_resumes_where_it_left_off(stack: LocalStack, pag
         route.fulfill(status=200, content_type="text/event-stream", body=event)
 
     page.route("**/v1/jobs/*/events", drop_the_first)
-    fill(page, "interrupted", Width=64, Height=64, Steps=4)
-    generate(page)
+    # The job waits behind a busy worker until the first stream has been served, so that stream
+    # carries a job still to run (a job done by then would leave the page nothing to resume).
+    with busy_worker(stack):
+        fill(page, "interrupted", Width=64, Height=64, Steps=4)
+        generate(page)
+        expect(status(page)).to_have_attribute("data-status", "queued")
+        for _ in range(200):  # the route handler runs while Playwright waits
+            if first:
+                break
+            page.wait_for_timeout(50)
     wait_finished(page)
     assert asked == [None, first[0]]  # it came back with Last-Event-ID
     assert [i["width"] for i in loaded_images(page)] == [64]
