@@ -2,13 +2,12 @@
 quick run on a shared machine proves the bench works, not the service's speed)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.run_bench import run_bench
+
 FIGURES = {
     "raw_limit_per_s",
     "burst_over_raw",
@@ -24,14 +23,7 @@ FIGURES = {
 @pytest.mark.timeout(900)
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "mixed"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.mixed", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=880,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    run_bench("bench.mixed", "--quick", "--out", str(out), timeout=880)
     result = json.loads(out.with_suffix(".json").read_text())
     figures = result["figures"]
     assert set(figures) == FIGURES

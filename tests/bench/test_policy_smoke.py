@@ -2,13 +2,10 @@
 run proves the bench works, not the figures; the two that hold on any machine are checked)."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.run_bench import run_bench
 
 
 def figure(out: str, label: str) -> str:
@@ -19,15 +16,7 @@ def figure(out: str, label: str) -> str:
 
 @pytest.mark.timeout(300)
 def test_a_quick_run_prints_every_figure() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.policy", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    out = run.stdout
+    out = run_bench("bench.policy", "--quick")
     for label in (
         "Noisy neighbour, fair: B's latency / solo",
         "Noisy neighbour, FIFO: B done at fraction",
