@@ -27,15 +27,17 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 256  # pixels on a preview's longer side, at most: a few KB of WebP
 WEBP_QUALITY = 60
 
-# Appends a preview to each job's stream, only while the job still runs: a preview written
-# after its final state would show a stale picture after `done`. KEYS: job keys; ARGV: stream
-# TTL, then step, total and image per key.
+# Appends a preview to each job's stream, only while the job still runs on this worker: a
+# preview written after its final state would show a stale picture after `done`, and one from
+# a worker that lost the job (its rerun runs elsewhere) a picture of another run. KEYS: job
+# keys; ARGV: stream TTL, worker, then step, total and image per key.
 PREVIEW = """
 for i, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'status') == 'running' then
+  local state = redis.call('HMGET', key, 'status', 'worker')
+  if state[1] == 'running' and state[2] == ARGV[2] then
     local stream = key .. ':events'
     redis.call('XADD', stream, 'MAXLEN', '~', '200', '*', 'type', 'preview',
-               'step', ARGV[3 * i - 1], 'total_steps', ARGV[3 * i], 'image', ARGV[3 * i + 1])
+               'step', ARGV[3 * i], 'total_steps', ARGV[3 * i + 1], 'image', ARGV[3 * i + 2])
     redis.call('EXPIRE', stream, ARGV[1])
   end
 end
@@ -59,8 +61,9 @@ class Previews:
     `settings.preview_every` steps and `settings.preview_interval` seconds (the first after
     its first step; none at the last, whose image follows at once)."""
 
-    def __init__(self, redis: Redis, family: Family, settings: Settings) -> None:
+    def __init__(self, redis: Redis, family: Family, settings: Settings, worker: str) -> None:
         self.redis = redis
+        self.worker = worker
         self.family = family
         self.settings = settings
         self.projection = _projection(family)
@@ -131,7 +134,7 @@ class Previews:
                 log.exception("previews not sent")  # the thread lives on
 
     def _send(self, shots: dict[str, Shot]) -> None:
-        args: list[Any] = [self.settings.result_ttl]
+        args: list[Any] = [self.settings.result_ttl, self.worker]
         for shot in shots.values():
             args += [shot.step, shot.total_steps, self.render(shot)]
         self._script(keys=[JobStore.key(job_id) for job_id in shots], args=args)

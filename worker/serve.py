@@ -62,7 +62,7 @@ class Server:
         self.progress = ProgressReporter(self.store, self.name)
         self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics)
         self.finisher = Finisher()
-        self.previews = Previews(redis, engine.family, settings)
+        self.previews = Previews(redis, engine.family, settings, self.name)
         self.tasks: dict[str, Task] = {}
         self.alone: str | None = None  # a retried job runs by itself
         self.draining = False

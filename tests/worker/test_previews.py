@@ -11,6 +11,7 @@ from app.core.jobs import JobStatus
 from app.core.queue import JobQueue
 from app.core.settings import Settings
 from app.core.storage import LocalStorage, image_key
+from app.core.store import JobStore
 from tests.factories import make_params, submitted
 from tests.worker.conftest import ServerFactory
 from worker.previews import Shot
@@ -73,12 +74,22 @@ def test_previews_leave_the_image_unchanged(
     assert made[True] == made[False]
 
 
-def test_a_preview_is_written_only_while_its_job_runs(
+def test_a_preview_is_written_only_while_its_job_runs_on_this_worker(
     queue: JobQueue, make_server: ServerFactory
 ) -> None:
     job_id = submitted(queue, make_params(num_inference_steps=4))  # queued, never run
-    previews = make_server().previews
+    server = make_server()
+    previews = server.previews
+    shot = {job_id: Shot(torch.zeros(4, 8, 8), 1, 4, 64, 64)}
     # What the previews thread writes for a job that has ended meanwhile (or not started).
-    previews._send({job_id: Shot(torch.zeros(4, 8, 8), 1, 4, 64, 64)})
+    previews._send(shot)
     assert previews_of(queue.redis, job_id) == []
+    # Or for one that another worker runs now (this one lost it: the rerun is the other's).
+    record = JobStore.key(job_id)
+    queue.redis.hset(record, mapping={"status": "running", "worker": "another-worker"})
+    previews._send(shot)
+    assert previews_of(queue.redis, job_id) == []
+    queue.redis.hset(record, "worker", server.name)
+    previews._send(shot)
+    assert [p["step"] for p in previews_of(queue.redis, job_id)] == ["1"]
     previews.close()
