@@ -32,7 +32,7 @@ def _next_attempt(
     queue.enqueue_attempt(job_id, params, pipe, attempt + 1)
     key = queue.store.key(job_id)
     pipe.hset(key, mapping={"status": "queued", "attempt": attempt + 1, "worker": "", "step": 0})
-    pipe.hdel(key, "started_at", "total_steps")
+    pipe.hdel(key, "started_at", "total_steps", "paused")  # a paused job reruns from scratch
     queue.store.note_status(job_id, JobStatus.QUEUED, pipe)
     # At the front of its band: it has waited its turn once already.
     queue.waiting.add(pipe, job_id, rq_job_id(job_id, attempt + 1), params, 0.0, front=True)

@@ -38,6 +38,7 @@ def taken_by_a_worker_that_dies(queue: JobQueue, worker: str = "w-dead") -> str:
 
 def test_a_lost_job_is_queued_again_as_a_fresh_attempt(queue: JobQueue, redis: Redis) -> None:
     job_id = taken_by_a_worker_that_dies(queue)
+    queue.store.set_paused([job_id], True, "w-dead")  # paused for a high job when it died
     workers = WorkerRegistry(redis)
     assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 1
     job = queue.store.get(job_id)
@@ -51,6 +52,7 @@ def test_a_lost_job_is_queued_again_as_a_fresh_attempt(queue: JobQueue, redis: R
     # A live worker runs attempt 2; the dead one, should it come back, can no longer end it.
     workers.beat(MODEL, "w-live")
     assert queue.store.start(job_id, 4, "w-live")
+    assert not queue.store.get(job_id).paused  # attempt 2 runs from scratch, not paused
     assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 0  # w-live is beating
     assert not queue.store.succeed(job_id, [], worker="w-dead")
     assert queue.store.succeed(job_id, [], worker="w-live")
