@@ -25,8 +25,6 @@ times are the service's own (`created_at`, `started_at`, `finished_at`, read fro
 """
 
 import argparse
-import asyncio
-import io
 import json
 import os
 import platform
@@ -38,86 +36,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from PIL import Image
 
 from app.core.jobs import Job, JobStatus
 from app.core.store import JobStore
 from bench.mixed import body, mix
+from bench.tenant_jobs import KEYS, alone, fields, image, latency, post, run_s, wait_all
 from scripts.stack import TERMINAL, LocalStack
 from worker.libraries import route_library_logs
 
-TENANTS = ("flood", "neighbour", "heavy", "light", "hi")
-KEYS = {tenant: f"key-{tenant}" for tenant in TENANTS}
 POLICY = {"heavy": {"weight": 2}, "hi": {"max_priority": "high"}, "*": {"max_priority": "normal"}}
 WARM_UP_S = 5.0
-Plan = list[tuple[float, str, dict[str, Any]]]  # (seconds from now, tenant, request)
-
-
-def auth(tenant: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[tenant]}"}
-
-
-async def _post(base_url: str, plan: Plan) -> list[dict[str, Any]]:
-    """POST each job at its time without waiting for earlier POSTs; the 202 answers."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        loop = asyncio.get_running_loop()
-        start, posts = loop.time(), []
-        for at, tenant, job in plan:
-            await asyncio.sleep(max(0.0, start + at - loop.time()))
-            posts.append(
-                asyncio.create_task(client.post("/v1/jobs", json=job, headers=auth(tenant)))
-            )
-        responses = await asyncio.gather(*posts)
-    assert all(r.status_code == 202 for r in responses), [r.text for r in responses][:3]
-    return [r.json() for r in responses]
-
-
-def post(stack: LocalStack, plan: Plan) -> list[dict[str, Any]]:
-    return asyncio.run(_post(str(stack.http.base_url), plan))
-
-
-def fields(store: JobStore, ids: list[str], *names: str) -> list[list[str | None]]:
-    """Some fields of many jobs' records in one round trip (a bench that polls whole records
-    takes a core from the service it measures)."""
-    pipe = store.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(JobStore.key(job_id), *names)
-    return [[v.decode() if v else None for v in row] for row in pipe.execute()]
-
-
-def wait_all(store: JobStore, ids: list[str], timeout: float = 900) -> list[Job]:
-    """Every job once finished, read from Redis (a bench must not wait on its own polling)."""
-    deadline, pending = time.monotonic() + timeout, list(ids)
-    while pending:
-        statuses = fields(store, pending, "status")
-        pending = [i for i, (s,) in zip(pending, statuses, strict=True) if s not in TERMINAL]
-        assert time.monotonic() < deadline, f"{len(pending)} bench jobs still unfinished"
-        time.sleep(0.1 if pending else 0)
-    jobs = [store.get(job_id) for job_id in ids]
-    assert all(job.status is JobStatus.SUCCEEDED for job in jobs), "a bench job failed"
-    return jobs
-
-
-def latency(job: Job) -> float:
-    return (job.finished_at - job.created_at).total_seconds()
-
-
-def run_s(job: Job) -> float:
-    return (job.finished_at - job.started_at).total_seconds()
-
-
-def alone(stack: LocalStack, store: JobStore, tenant: str, job: dict[str, Any]) -> Job:
-    """One job in the idle service."""
-    (answer,) = post(stack, [(0.0, tenant, job)])
-    return wait_all(store, [answer["id"]])[0]
-
-
-def image(stack: LocalStack, tenant: str, job: Job) -> Image.Image:
-    response = stack.http.get(job.images[0].url, headers=auth(tenant))
-    response.raise_for_status()
-    return Image.open(io.BytesIO(response.content)).convert("RGB")
 
 
 def neighbour(
@@ -143,20 +72,30 @@ def neighbour(
     }
 
 
+def wait_full(store: JobStore, ids: list[str]) -> None:
+    """Until the engine is full: jobs wait, and as many run as 100 ms ago (a worker admits
+    at each step boundary, a few ms apart here)."""
+    counts: list[int] = []
+    while len(counts) < 6 or len(set(counts[-6:])) > 1:
+        statuses = [status for (status,) in fields(store, ids, "status")]
+        assert JobStatus.QUEUED in statuses, "the flood ran out before the engine filled"
+        counts.append(statuses.count(JobStatus.RUNNING))
+        time.sleep(0.02)
+
+
 def preemption(
     stack: LocalStack, store: JobStore, rng: random.Random, solo: float, trials: int
 ) -> dict:
     """High jobs, one after another, into an engine kept full of normal ones; what each
     waited and took (medians), and whether the jobs they paused kept their images."""
-    plan = [(0.0, "flood", body(rng, 40, 7.5)) for _ in range(48 * trials)]
+    # More jobs than the largest budget a worker measures (4x the model's batch of 16).
+    plan = [(0.0, "flood", body(rng, 40, 7.5)) for _ in range(96 * trials)]
     requests = {a["id"]: job for a, (_, _, job) in zip(post(stack, plan), plan, strict=True)}
     normal = list(requests)
-    while not any(step not in (None, "0") for (step,) in fields(store, normal, "step")):
-        time.sleep(0.01)
     paused: set[str] = set()
     highs: list[Job] = []
     for _ in range(trials):
-        assert "queued" in {s for (s,) in fields(store, normal, "status")}, "engine not full"
+        wait_full(store, normal)
         request = body(rng, 20, 7.5) | {"priority": "high"}
         (high_id,) = [answer["id"] for answer in post(stack, [(0.0, "hi", request)])]
         while fields(store, [high_id], "status")[0][0] not in TERMINAL:

@@ -29,4 +29,5 @@ def test_a_quick_run_prints_every_figure() -> None:
     # tenant gets more than the light one, and a job paused for the high one got the image
     # its solo run gets (within the bound of any job batched with others).
     assert float(figure(out, "Weighted shares heavy:light")) > 1.2
+    assert re.search(r"\| High job: paused jobs \([1-9]\d*\)", out), out  # it paused some
     assert int(figure(out, "High job: paused jobs")) <= 2
