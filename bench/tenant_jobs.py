@@ -83,6 +83,7 @@ def alone(stack: LocalStack, store: JobStore, tenant: str, job: dict[str, Any]) 
 
 
 def image(stack: LocalStack, tenant: str, job: Job) -> Image.Image:
+    """The job's first image, fetched through the API as its tenant."""
     response = stack.http.get(job.images[0].url, headers=auth(tenant))
     response.raise_for_status()
     return Image.open(io.BytesIO(response.content)).convert("RGB")
