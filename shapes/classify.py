@@ -4,7 +4,8 @@
    black and gray.
 2. Foreground: pixels whose RGB distance from that border colour exceeds `FG_DISTANCE`;
    only the largest 4-connected blob counts (stray specks are ignored).
-3. Colour: the median RGB of the blob, named by the nearest of the six palette colours.
+3. Colour: the median RGB of the blob, named by the nearest of the six palette colours
+   (or of the colours of a `palette` argument, e.g. `FULL_PALETTE`).
 4. Shape: the fill ratio of the blob in its bounding box -- square ~1, circle ~pi/4 = 0.785,
    triangle ~1/2 -- split at `SQUARE_MIN_FILL` and `CIRCLE_MIN_FILL`.
 5. Size: the bounding box's longer side, small below `LARGE_MIN_SIDE` pixels.
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from shapes.world import BACKGROUNDS, COLOURS
+from shapes.world import BACKGROUNDS, COLOURS, NEW_COLOURS
 
 FG_DISTANCE = 60.0
 SQUARE_MIN_FILL = 0.89
 CIRCLE_MIN_FILL = 0.64
 LARGE_MIN_SIDE = 25
 MIN_BLOB = 12  # pixels; a smaller blob means "no shape"
+# The base colours and the LoRA adapters' new ones (`world.NEW_COLOURS`), for `classify`.
+FULL_PALETTE: dict[str, tuple[int, int, int]] = {**COLOURS, **NEW_COLOURS}
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,10 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def classify(image: Image.Image) -> Reading:
-    """The attributes of the one shape in `image` (any size; analysed at 64x64)."""
+def classify(image: Image.Image, palette: dict[str, tuple[int, int, int]] | None = None) -> Reading:
+    """The attributes of the one shape in `image` (any size; analysed at 64x64). Its colour
+    is named from `palette` (default: the six base `COLOURS`; `FULL_PALETTE` adds the LoRA
+    adapters' `NEW_COLOURS`)."""
     px = np.asarray(image.convert("RGB").resize((64, 64)), dtype=float)
     border = np.concatenate(
         [
@@ -86,7 +91,7 @@ def classify(image: Image.Image) -> Reading:
     mask = _largest_blob(np.linalg.norm(px - bg_rgb, axis=2) > FG_DISTANCE)
     if mask.sum() < MIN_BLOB:
         return Reading("none", "none", "none", background, 0.0)
-    colour = _nearest(np.median(px[mask], axis=0), COLOURS)
+    colour = _nearest(np.median(px[mask], axis=0), COLOURS if palette is None else palette)
     ys, xs = np.nonzero(mask)
     height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     fill = float(mask.sum() / (height * width))

@@ -8,7 +8,7 @@ or above it, which training never sees.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -85,7 +85,7 @@ def render(s: Scene) -> Image.Image:
     draw = ImageDraw.Draw(img)
     x0, y0 = (s.cx - s.radius) * k, (s.cy - s.radius) * k
     x1, y1 = (s.cx + s.radius) * k, (s.cy + s.radius) * k
-    fill = COLOURS[s.colour]
+    fill = COLOURS.get(s.colour) or NEW_COLOURS[s.colour]
     if s.shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif s.shape == "square":
@@ -105,3 +105,30 @@ def dataset(start: int, count: int) -> tuple[np.ndarray, list[str]]:
 def held_out(count: int, offset: int = 0) -> list[Scene]:
     """`count` evaluation scenes (prompts and attributes), from seeds training never uses."""
     return [scene(HELD_OUT_START + offset + i) for i in range(count)]
+
+
+# Colours the base model never saw, for the LoRA adapters (`shapes/lora_train.py`). A separate
+# palette: adding them to `COLOURS` would change every seeded scene. Each is more than 90 RGB
+# units from every base colour and background.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {
+    "cyan": (0, 190, 200),
+    "pink": (255, 110, 190),
+}
+
+
+def lora_scene(seed: int, colour: str) -> Scene:
+    """`scene(seed)` with its shape drawn in `colour` (a `NEW_COLOURS` name) and the caption
+    naming it; same shape, size, position and background."""
+    s = scene(seed)
+    words = s.caption.split()
+    words[words.index(s.colour)] = colour
+    if words[0] in ("a", "an"):  # the article agrees with the word after it
+        words[0] = "an" if words[1][0] in "aeiou" else "a"
+    return replace(s, colour=colour, caption=" ".join(words))
+
+
+def lora_dataset(start: int, count: int, colour: str) -> tuple[np.ndarray, list[str]]:
+    """`dataset` for `lora_scene(seed, colour)`: uint8 images (N, 64, 64, 3) and captions."""
+    scenes = [lora_scene(seed, colour) for seed in range(start, start + count)]
+    images = np.stack([np.asarray(render(s)) for s in scenes])
+    return images, [s.caption for s in scenes]

@@ -12,7 +12,7 @@ from app.core.images import encode_image
 from app.core.jobs import CONTENT_TYPES, ImageInfo, JobError, JobParams, JobStatus, image_url
 from app.core.limits import ServiceRate
 from app.core.logs import bind, unbind
-from app.core.storage import Storage, image_key, init_image_key
+from app.core.storage import Storage, image_key, init_image_key, mask_image_key
 from app.core.store import JobStore
 from worker.metrics import WorkerMetrics
 
@@ -31,6 +31,7 @@ class Task:
     job_id: str
     params: JobParams
     init_image: Image.Image | None = None
+    mask: Image.Image | None = None  # inpainting: white repaints
     rq_id: str = ""
     timeout: float | None = None
     warnings: list[str] = field(default_factory=list)
@@ -122,8 +123,13 @@ class Outcomes:
         try:
             # Only while the job is still ours: if it was given to another worker (we looked
             # dead), that run needs the init image.
-            if task.params.mode == "image-to-image" and self._still_ours(task.job_id, worker):
-                self.storage.delete(init_image_key(task.job_id))
+            inputs = {
+                "image-to-image": [init_image_key(task.job_id)],
+                "inpainting": [init_image_key(task.job_id), mask_image_key(task.job_id)],
+            }.get(task.params.mode, [])
+            if inputs and self._still_ours(task.job_id, worker):
+                for key in inputs:
+                    self.storage.delete(key)
         except Exception:
             log.exception("could not delete the init image of job %s", task.job_id)
 

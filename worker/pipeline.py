@@ -149,12 +149,15 @@ class ResidentPipeline:
         return fit
 
     def generate(
-        self, params: JobParams, init_image: Image.Image | None = None
+        self,
+        params: JobParams,
+        init_image: Image.Image | None = None,
+        mask: Image.Image | None = None,
     ) -> list[Image.Image]:
         """Run one job alone (tests, benchmarks, warm-up); raises `InvalidInput` or the error."""
         self.family.check(params, init_image)
         engine = self.engine()
-        engine.submit(EngineRequest("alone", params, init_image))
+        engine.submit(EngineRequest("alone", params, init_image, mask=mask))
         (outcome,) = engine.run()
         if not outcome.ok:
             raise RuntimeError(f"{outcome.error}")

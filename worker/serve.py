@@ -20,7 +20,7 @@ from app.core.limits import ServiceRate
 from app.core.models import ModelSpec
 from app.core.queue import rq_queue
 from app.core.settings import Settings
-from app.core.storage import Storage, init_image_key
+from app.core.storage import Storage, init_image_key, mask_image_key
 from app.core.store import JobStore
 from worker.claims import Claimed, Claims
 from worker.engine.loop import Engine
@@ -168,19 +168,26 @@ class Server:
         task.timeout = job.timeout or self.settings.job_timeout
         self.books.started(job.rq_id)
         try:
-            if job.params.mode == "image-to-image":
-                data = self.storage.get(init_image_key(job.job_id))
-                task.init_image = Image.open(io.BytesIO(data))
-                task.init_image.load()  # a bad file fails its own job here, nothing else
+            if job.params.mode != "text-to-image":
+                task.init_image = self._input(init_image_key(job.job_id))
+            if job.params.mode == "inpainting":
+                task.mask = self._input(mask_image_key(job.job_id))
         except Exception:
-            log.warning("could not load the init image of job %s", job.job_id, exc_info=True)
+            log.warning("could not load the input images of job %s", job.job_id, exc_info=True)
             self._retire([Outcome(job.job_id, error=("invalid_input", "unreadable init image"))])
             return
         if job.attempt > 1:
             log.info("job %s runs again (attempt %d), alone", job.job_id, job.attempt)
             self.alone = job.job_id
         deadline = time.monotonic() + task.timeout
-        self.engine.submit(EngineRequest(job.job_id, job.params, task.init_image, deadline))
+        self.engine.submit(
+            EngineRequest(job.job_id, job.params, task.init_image, deadline, task.mask)
+        )
+
+    def _input(self, key: str) -> Image.Image:
+        image = Image.open(io.BytesIO(self.storage.get(key)))
+        image.load()  # a bad file fails its own job here, nothing else
+        return image
 
     def _resumed(self) -> None:
         """Say so of the paused jobs that went on in the last iteration."""

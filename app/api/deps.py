@@ -12,6 +12,7 @@ from app.api.metrics import Metrics
 from app.core.errors import Unauthorized
 from app.core.events import JobEvents
 from app.core.limits import RateLimiter, ServiceRate
+from app.core.loras import Registry
 from app.core.models import ModelSpec
 from app.core.queue import JobQueue
 from app.core.settings import Settings
@@ -40,6 +41,7 @@ class Services:
     api_keys: ApiKeys
     service_rate: ServiceRate
     rate_limiter: RateLimiter | None
+    loras: Registry
 
 
 # Dependencies that never block are `async def`: FastAPI runs a plain `def` one in the thread

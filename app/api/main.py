@@ -19,6 +19,7 @@ from app.api.routes import events, images, jobs, playground, service
 from app.core.events import JobEvents
 from app.core.expiry import sweep_expired
 from app.core.limits import RateLimiter, ServiceRate
+from app.core.loras import registry_from
 from app.core.models import model_spec
 from app.core.queue import JobQueue
 from app.core.recovery import recover_lost_jobs
@@ -60,6 +61,7 @@ def build_services(settings: Settings) -> Services:
             if settings.rate_limit
             else None
         ),
+        loras=registry_from(settings),
     )
 
 

@@ -30,6 +30,11 @@ class ModelLimits(BaseModel):
     max_images: int
 
 
+class LoraPublic(BaseModel):
+    name: str
+    sha256: str = Field(description="Of the adapter's file: what a job with it ran.")
+
+
 class ModelPublic(BaseModel):
     name: str
     default: bool
@@ -49,6 +54,9 @@ class ModelPublic(BaseModel):
         description="Names a request's `scheduler` may take; empty: the model's own only."
     )
     modes: list[Mode]
+    loras: list[LoraPublic] = Field(
+        description="Adapters a request's `loras` may name (the operator's registry)."
+    )
     engine: Literal["step", "pipeline"] = Field(
         description="step: the worker's step loop; pipeline: the fallback, one diffusers call."
     )

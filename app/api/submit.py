@@ -16,14 +16,14 @@ from app.core.errors import (
     TooManyQueued,
 )
 from app.core.eta import eta_seconds
-from app.core.images import decode_init_image, to_png
+from app.core.images import decode_init_image, decode_mask, to_png
 from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Webhook, new_job_id
 from app.core.logs import annotate
 from app.core.policy import TenantPolicy, job_cost
 from app.core.queue import Idempotency
 from app.core.resolve import resolve_request, select_model
 from app.core.settings import Settings
-from app.core.storage import init_image_key
+from app.core.storage import init_image_key, mask_image_key
 from app.core.webhooks import check_webhook_url
 
 
@@ -117,12 +117,20 @@ def submit(
     policy = settings.tenant_policy(tenant)
     check_policy(services, tenant, policy, body)
     spec = select_model(body.model, services.models, services.default_model)
-    init_image = None
+    init_image = mask = None
+    limits = (settings.max_init_image_bytes, settings.max_init_image_pixels)
     if body.init_image is not None:
-        init_image = decode_init_image(
-            body.init_image, settings.max_init_image_bytes, settings.max_init_image_pixels
-        )
-    params = resolve_request(body, spec, settings, init_image.size if init_image else None)
+        init_image = decode_init_image(body.init_image, *limits)
+    if body.mask_image is not None:
+        mask = decode_mask(body.mask_image, *limits)
+    params = resolve_request(
+        body,
+        spec,
+        settings,
+        init_image.size if init_image else None,
+        mask.size if mask else None,
+        services.loras.adapters(spec.name) if body.loras else None,
+    )
     webhook = checked_webhook(body, settings)
     if (depth := services.queue.depth(spec.name)) >= settings.max_queue_length:
         # Come back when the queue has drained below the cap at the rate it drains now.
@@ -130,16 +138,19 @@ def submit(
         raise QueueFull(f"{spec.name} has {depth} jobs waiting; retry later", wait)
     job_id = new_job_id()
     annotate(job_id=job_id)
-    if init_image is not None:
-        # Workers read a normalised PNG from storage; the queue payload stays small.
-        services.storage.put(init_image_key(job_id), to_png(init_image), "image/png")
+    inputs = {init_image_key(job_id): init_image, mask_image_key(job_id): mask}
+    inputs = {key: image for key, image in inputs.items() if image is not None}
+    for key, image in inputs.items():
+        # Workers read normalised PNGs from storage; the queue payload stays small.
+        services.storage.put(key, to_png(image), "image/png")
     submitted = None
     try:
         share = job_cost(params) / policy.weight
         submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook, share)
     finally:
-        if init_image is not None and (submitted is None or submitted.job_id != job_id):
-            services.storage.delete(init_image_key(job_id))  # no job will ever own it
+        if submitted is None or submitted.job_id != job_id:
+            for key in inputs:
+                services.storage.delete(key)  # no job will ever own it
     if submitted.job_id != job_id:  # a concurrent duplicate on another replica won
         return Submission(load_job(services, submitted.job_id, tenant), replayed=True)
     services.queue.await_replicas(job_id)  # the job (and its init image) stay if this fails

@@ -26,6 +26,8 @@ PIPELINE_FAMILIES: dict[str, Family] = {
     "StableDiffusionImg2ImgPipeline": "unet",
     "StableDiffusionXLPipeline": "unet",
     "StableDiffusionXLImg2ImgPipeline": "unet",
+    "StableDiffusionInpaintPipeline": "unet",
+    "StableDiffusionXLInpaintPipeline": "unet",
     "StableDiffusion3Pipeline": "flow",
     "StableDiffusion3Img2ImgPipeline": "flow",
     "FluxPipeline": "flow",

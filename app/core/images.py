@@ -15,12 +15,34 @@ ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 _DATA_URL = re.compile(r"^data:image/(?P<subtype>[a-z0-9.+-]+);base64,", re.IGNORECASE)
 
 
-def _reject(message: str) -> InvalidRequest:
-    return InvalidRequest([FieldError("body.init_image", message)])
-
-
-def decode_init_image(data: str, max_bytes: int, max_pixels: int) -> Image.Image:
+def decode_init_image(
+    data: str, max_bytes: int, max_pixels: int, field: str = "body.init_image"
+) -> Image.Image:
     """Decode a base64 (or data URL) PNG/JPEG/WebP into an RGB image, within the given bounds."""
+    return _decode(data, max_bytes, max_pixels, field).convert("RGB")
+
+
+def decode_mask(data: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """A base64 (or data URL) mask as a black-and-white "L" image: white (>= 128 after
+    conversion to gray, as diffusers binarizes at 0.5) repaints, black keeps."""
+    field = "body.mask_image"
+    mask = _decode(data, max_bytes, max_pixels, field)
+    if mask.mode in ("RGBA", "LA") or "transparency" in mask.info:
+        mask = Image.alpha_composite(
+            Image.new("RGBA", mask.size, "black"), mask.convert("RGBA")
+        )  # transparent pixels read as black: kept
+    mask = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    if mask.getextrema()[1] == 0:
+        raise InvalidRequest(
+            [FieldError(field, "the mask has no white pixels: nothing to repaint")]
+        )
+    return mask
+
+
+def _decode(data: str, max_bytes: int, max_pixels: int, field: str) -> Image.Image:
+    def _reject(message: str) -> InvalidRequest:
+        return InvalidRequest([FieldError(field, message)])
+
     match = _DATA_URL.match(data)
     if match:
         if match["subtype"].lower() not in ("png", "jpeg", "jpg", "webp"):
@@ -50,7 +72,7 @@ def decode_init_image(data: str, max_bytes: int, max_pixels: int) -> Image.Image
             image.load()
         except Exception:
             raise _reject("image data is truncated or corrupt") from None
-    return image.convert("RGB")
+    return image
 
 
 def fit_size(

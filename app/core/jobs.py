@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_SEED = 2**32 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
-Mode = Literal["text-to-image", "image-to-image"]
+Mode = Literal["text-to-image", "image-to-image", "inpainting"]
 WebhookEvent = Literal["start", "progress", "completed"]
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")  # who runs first, in order
@@ -32,6 +32,26 @@ class JobStatus(StrEnum):
 
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+LoraName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class LoraRequest(BaseModel):
+    """One adapter of a request's stack: a name from the model's `loras` and its scale."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: LoraName
+    scale: float = Field(1.0, ge=-2, le=2, description="How strongly it applies; 0 turns it off.")
+
+
+class LoraUse(BaseModel):
+    """An adapter as a job runs it: pinned to the file the API accepted (its sha256)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    scale: float
+    sha256: str
 
 
 class JobCreate(BaseModel):
@@ -45,8 +65,17 @@ class JobCreate(BaseModel):
         None,
         description="Base64 or data URL of a PNG, JPEG or WebP; present means image-to-image.",
     )
+    mask_image: str | None = Field(
+        None,
+        description="Base64 or data URL of a PNG or WebP the size of init_image; white marks "
+        "what to repaint (inpainting), black what to keep. Needs init_image.",
+    )
     strength: float = Field(
-        0.8, gt=0, le=1, description="How far to move away from init_image (only with it)."
+        0.8,
+        gt=0,
+        le=1,
+        description="How far to move away from init_image (only with it); 1.0 by default "
+        "when inpainting.",
     )
     width: int | None = Field(None, ge=64, multiple_of=8, description="Defaults to native size.")
     height: int | None = Field(None, ge=64, multiple_of=8, description="Defaults to native size.")
@@ -68,6 +97,11 @@ class JobCreate(BaseModel):
     )
     previews: bool = Field(
         False, description="Send `preview` events (small WebP images) on the job's event stream."
+    )
+    loras: list[LoraRequest] = Field(
+        default_factory=list,
+        description="Adapters to apply, from the model's `loras` in /v1/models; jobs with "
+        "different stacks still share the GPU's forward passes.",
     )
     webhook_url: str | None = Field(
         None,
@@ -115,6 +149,7 @@ class JobParams(BaseModel):
     scheduler: str | None = None
     priority: Priority = "normal"
     previews: bool = False
+    loras: tuple[LoraUse, ...] = ()
 
     @property
     def denoising_steps(self) -> int:

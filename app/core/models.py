@@ -51,8 +51,14 @@ class ModelSpec:
 
     @property
     def modes(self) -> tuple[Mode, ...]:
-        """What a request may ask of the model."""
-        return MODES
+        """What a request may ask of the model: U-Nets also inpaint (masked latent blending,
+        or the model's own mask channels where it is an inpainting checkpoint)."""
+        return (*MODES, "inpainting") if self.family == "unet" else MODES
+
+    @property
+    def takes_loras(self) -> bool:
+        """Whether requests may stack LoRA adapters on it (the U-Net family's step engine)."""
+        return self.family == "unet"
 
     @property
     def engine(self) -> Engine:

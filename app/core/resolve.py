@@ -5,7 +5,8 @@ import secrets
 
 from app.core.errors import FieldError, InvalidRequest
 from app.core.images import fit_size
-from app.core.jobs import MAX_SEED, JobCreate, JobParams
+from app.core.jobs import MAX_SEED, JobCreate, JobParams, LoraUse
+from app.core.loras import Adapter
 from app.core.models import ModelSpec
 from app.core.settings import Settings
 
@@ -36,6 +37,54 @@ def _scheduler_error(scheduler: str | None, spec: ModelSpec) -> FieldError | Non
     return FieldError("body.scheduler", message)
 
 
+def _loras(
+    body: JobCreate, spec: ModelSpec, settings: Settings, adapters: dict[str, Adapter]
+) -> tuple[list[FieldError], tuple[LoraUse, ...]]:
+    """The request's adapters pinned to the files the registry has now (name -> sha256)."""
+    if not body.loras:
+        return [], ()
+    if not spec.takes_loras:
+        message = f"{spec.name} ({spec.family} model) takes no LoRA adapters; leave loras out"
+        return [FieldError("body.loras", message)], ()
+    errors, uses, seen = [], [], set()
+    if len(body.loras) > settings.max_loras:
+        errors.append(FieldError("body.loras", f"at most {settings.max_loras} adapters"))
+    for i, lora in enumerate(body.loras):
+        adapter = adapters.get(lora.name)
+        if lora.name in seen:
+            errors.append(FieldError(f"body.loras.{i}.name", f"{lora.name!r} is listed twice"))
+        elif adapter is None:
+            known = f"choose one of {sorted(adapters)}" if adapters else "it has none"
+            message = f"{lora.name!r} is not an adapter of {spec.name}; {known}"
+            errors.append(FieldError(f"body.loras.{i}.name", message))
+        else:
+            uses.append(LoraUse(name=lora.name, scale=lora.scale, sha256=adapter.sha256))
+        seen.add(lora.name)
+    return errors, tuple(uses)
+
+
+def _mask_errors(
+    body: JobCreate,
+    spec: ModelSpec,
+    init_size: tuple[int, int] | None,
+    mask_size: tuple[int, int] | None,
+) -> list[FieldError]:
+    if mask_size is None:
+        return []
+    if init_size is None:
+        return [FieldError("body.mask_image", "a mask needs init_image: the picture to repaint")]
+    if "inpainting" not in spec.modes:
+        message = f"{spec.name} ({spec.family} model) does not inpaint; leave mask_image out"
+        return [FieldError("body.mask_image", message)]
+    if mask_size != init_size:
+        message = (
+            f"the mask is {mask_size[0]}x{mask_size[1]} but init_image is "
+            f"{init_size[0]}x{init_size[1]}; send a mask of the image's size"
+        )
+        return [FieldError("body.mask_image", message)]
+    return []
+
+
 def _steps_for_strength(steps: int, strength: float) -> int:
     """The fewest steps from `steps` up that run at least one denoising step at `strength`
     (diffusers runs int(steps * strength) of them)."""
@@ -50,10 +99,19 @@ def resolve_request(
     spec: ModelSpec,
     settings: Settings,
     init_size: tuple[int, int] | None = None,
+    mask_size: tuple[int, int] | None = None,
+    adapters: dict[str, Adapter] | None = None,
 ) -> JobParams:
-    """Fill defaults and check the bounds that depend on settings; raise `InvalidRequest`."""
+    """Fill defaults and check the bounds that depend on settings; raise `InvalidRequest`.
+    `adapters` are the model's in the registry; `mask_size` is that of a decoded mask."""
     errors: list[FieldError] = []
     img2img = init_size is not None
+    inpainting = img2img and mask_size is not None
+    errors += _mask_errors(body, spec, init_size, mask_size)
+    lora_errors, loras = _loras(body, spec, settings, adapters or {})
+    errors += lora_errors
+    # diffusers' inpainting pipelines repaint from pure noise unless told otherwise.
+    strength = body.strength if "strength" in body.model_fields_set or not inpainting else 1.0
     if "strength" in body.model_fields_set and not img2img:
         errors.append(FieldError("body.strength", "strength only applies with init_image"))
     if error := _scheduler_error(body.scheduler, spec):
@@ -87,13 +145,13 @@ def resolve_request(
     if img2img and body.num_inference_steps is None:
         # Turbo models default to 1 step, which runs nothing at strength < 1: a client that
         # left steps to the model gets enough of them (diffusers: steps x strength >= 1).
-        needed = _steps_for_strength(steps, body.strength)
+        needed = _steps_for_strength(steps, strength)
         raised, steps = needed > steps, needed
     if steps > settings.max_steps and raised:
         errors.append(
             FieldError(
                 "body.strength",
-                f"strength {body.strength} needs {steps} steps, more than the "
+                f"strength {strength} needs {steps} steps, more than the "
                 f"{settings.max_steps} allowed; raise strength",
             )
         )
@@ -101,11 +159,11 @@ def resolve_request(
         errors.append(
             FieldError("body.num_inference_steps", f"must be at most {settings.max_steps}")
         )
-    elif img2img and int(steps * body.strength) < 1:
+    elif img2img and int(steps * strength) < 1:
         errors.append(
             FieldError(
                 "body.strength",
-                f"strength {body.strength} with {steps} steps runs no denoising step; "
+                f"strength {strength} with {steps} steps runs no denoising step; "
                 "raise strength or num_inference_steps",
             )
         )
@@ -121,8 +179,8 @@ def resolve_request(
     return JobParams(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
-        mode="image-to-image" if img2img else "text-to-image",
-        strength=body.strength if img2img else None,
+        mode="inpainting" if inpainting else "image-to-image" if img2img else "text-to-image",
+        strength=strength if img2img else None,
         width=width,
         height=height,
         num_inference_steps=steps,
@@ -136,4 +194,5 @@ def resolve_request(
         scheduler=body.scheduler,
         priority=body.priority,
         previews=body.previews,
+        loras=loras,
     )

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         0.25, ge=0, description="seconds between two live previews of a job (at least)"
     )
     preview_every: int = Field(1, ge=1, description="steps between two live previews (at least)")
+    lora_dir: str | None = Field(
+        None,
+        description="the operator's LoRA adapters: a folder or s3://bucket/prefix holding "
+        "<model>/<name>.safetensors (added to those shipped with the worker)",
+    )
+    lora_memory_mb: int = Field(
+        1024, ge=0, description="MiB of adapters a worker keeps loaded (least recently used go)"
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
@@ -86,6 +94,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_steps: int = Field(100, ge=1)
     max_images: int = Field(4, ge=1)
+    max_loras: int = Field(4, ge=1, le=16, description="adapters one request may stack")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_init_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_init_image_pixels: int = Field(4096 * 4096, ge=64 * 64)

@@ -117,3 +117,8 @@ def image_key(job_id: str, index: int, output_format: str) -> str:
 def init_image_key(job_id: str) -> str:
     """Where the API leaves a job's (normalised, PNG) init image for the worker."""
     return f"{job_id}/init.png"
+
+
+def mask_image_key(job_id: str) -> str:
+    """Where the API leaves an inpainting job's mask (black and white PNG) for the worker."""
+    return f"{job_id}/mask.png"

@@ -101,8 +101,10 @@ def test_models_list_family_multiple_schedulers_modes_and_engine(client: TestCli
         4,
         0.0,
     )
+    assert sd["modes"] == ["text-to-image", "image-to-image", "inpainting"]
+    assert flux["modes"] == ["text-to-image", "image-to-image"]
+    assert flux["loras"] == []  # flow models take no adapters yet
     for model in models.values():
-        assert model["modes"] == ["text-to-image", "image-to-image"]
         assert {"default", "limits", "queue_length", "live_workers"} <= set(model)  # as before
 
 

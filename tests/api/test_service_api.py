@@ -104,10 +104,14 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "scheduler",
         "priority",
         "previews",
+        "loras",
+        "mask_image",
         "webhook_url",
         "webhook_events",
     }
     assert create["required"] == ["prompt"]
+    lora = spec["components"]["schemas"]["LoraRequest"]["properties"]
+    assert (lora["scale"]["minimum"], lora["scale"]["maximum"]) == (-2, 2)
     assert create["properties"]["priority"]["enum"] == ["high", "normal", "low"]
     assert create["properties"]["priority"]["default"] == "normal"
     job = spec["components"]["schemas"]["Job"]["properties"]

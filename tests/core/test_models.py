@@ -33,7 +33,10 @@ def test_known_models_have_their_family_and_defaults(
     assert spec.family == family and spec.engine == "step"
     facts = (spec.native_size, spec.default_steps, spec.default_guidance_scale, spec.max_batch)
     assert facts == (size, steps, guidance, batch)
-    assert spec.modes == ("text-to-image", "image-to-image")
+    plain = ("text-to-image", "image-to-image")
+    # U-Nets inpaint (and take LoRA stacks); flow models do neither yet.
+    assert spec.modes == ((*plain, "inpainting") if family == "unet" else plain)
+    assert spec.takes_loras == (family == "unet")
 
 
 def test_flow_models_take_multiples_of_16_and_flow_schedulers() -> None:

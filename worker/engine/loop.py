@@ -235,6 +235,10 @@ class Engine:
                     if state.request.params.previews:
                         state.estimate = stepped[1] if len(stepped) > 1 else None
                     state.index += 1
+                    if state.after_step is not None:
+                        state.latents = state.after_step(
+                            state.latents, state.scheduler, state.timesteps, state.index
+                        )
                     state.last_run = self.iteration
                 except Exception:
                     log.exception("the scheduler step of job %s failed", state.job_id)

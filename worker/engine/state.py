@@ -1,5 +1,6 @@
 """What the engine holds per job: its request, and once admitted, its denoising state."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +12,15 @@ from app.core.jobs import JobParams
 
 @dataclass
 class EngineRequest:
-    """A job handed to the engine: its validated parameters and, for image-to-image, its
-    decoded init image. `deadline` is a `time.monotonic()` instant (None: no limit)."""
+    """A job handed to the engine: its validated parameters and, for image-to-image and
+    inpainting, its decoded init image (and mask: white repaints). `deadline` is a
+    `time.monotonic()` instant (None: no limit)."""
 
     job_id: str
     params: JobParams
     init_image: Image.Image | None = None
     deadline: float | None = None
+    mask: Image.Image | None = None
 
 
 @dataclass
@@ -43,6 +46,9 @@ class JobState:
     # The scheduler's estimate of the clean latents after the last step, where its step gives
     # one (Euler, DDIM, LCM, ...): what a live preview shows.
     estimate: torch.Tensor | None = None
+    # The family's own change to the latents after each step (inpainting's masked blending):
+    # (latents, scheduler, timesteps, steps done) -> latents.
+    after_step: Callable[..., torch.Tensor] | None = None
 
     @property
     def job_id(self) -> str:

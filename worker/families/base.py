@@ -50,6 +50,15 @@ def scheduler_of(pipe: Any, scheduler: Any) -> Any:
         pipe.scheduler = before
 
 
+def plain_only(params: JobParams, family: str) -> None:
+    """Refuse what only the U-Net family runs (the API refuses it first; this guards a job
+    queued for a model whose family changed)."""
+    if params.mode == "inpainting":
+        raise InvalidInput(f"{family} models do not inpaint; leave mask_image out")
+    if params.loras:
+        raise InvalidInput(f"{family} models take no LoRA adapters; leave loras out")
+
+
 def seeded(params: JobParams) -> list[torch.Generator]:
     """One CPU generator per image (seed + i): the same noise on every device, and a job's
     images do not depend on what it was batched with."""

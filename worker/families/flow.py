@@ -25,7 +25,7 @@ from app.core.families import FLOW_SCHEDULERS
 from app.core.jobs import JobParams
 from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
-from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
+from worker.families.base import InvalidInput, guided, plain_only, scheduler_of, seeded, split_rows
 
 
 def _default(pipe: DiffusionPipeline, argument: str) -> object:
@@ -74,6 +74,7 @@ class FlowFamily:
         return params.guidance_scale > 1
 
     def check(self, params: JobParams, init_image: Image.Image | None) -> None:
+        plain_only(params, self.name)
         if params.scheduler not in (None, *FLOW_SCHEDULERS):
             raise InvalidInput(f"scheduler must be one of {', '.join(FLOW_SCHEDULERS)}")
         for name in ("width", "height"):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.core.jobs import JobParams
 from worker.engine.state import EngineRequest, JobState
-from worker.families.base import InvalidInput, seeded
+from worker.families.base import InvalidInput, plain_only, seeded
 
 
 class _Done:
@@ -42,6 +42,7 @@ class PipelineFamily:
         )
 
     def check(self, params: JobParams, init_image: Image.Image | None) -> None:
+        plain_only(params, self.name)
         if params.mode == "image-to-image" and self.img2img is None:
             raise InvalidInput("this model has no image-to-image pipeline")
 

@@ -14,6 +14,7 @@ from app.core.jobs import JobParams
 from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
 from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
+from worker.families.inpaint import Inpainter
 from worker.families.prompt_cache import Embedding, PromptCache
 
 
@@ -38,6 +39,7 @@ class UNetFamily:
         self.prompts = PromptCache(self._encode_texts, prompt_cache)
         self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        self.inpainter = Inpainter(pipe)
         for each in (self.pipe, self.img2img):
             each.set_progress_bar_config(disable=True)
         self.device = device
@@ -61,8 +63,10 @@ class UNetFamily:
         for name in ("width", "height"):
             if getattr(params, name) % self.size_multiple:
                 raise InvalidInput(f"{name} must be a multiple of {self.size_multiple}")
-        if (params.mode == "image-to-image") != (init_image is not None):
+        if (params.mode != "text-to-image") != (init_image is not None):
             raise InvalidInput("image-to-image needs an init image, text-to-image none")
+        if self.inpainter.channels9 and params.mode != "inpainting":
+            raise InvalidInput("this is an inpainting checkpoint: send init_image and mask_image")
         if params.denoising_steps < 1:
             raise InvalidInput("strength * num_inference_steps must be at least 1")
         if params.scheduler is not None and params.scheduler not in UNET_SCHEDULERS:
@@ -145,7 +149,18 @@ class UNetFamily:
         dtype = cond["embeds"].dtype
         with torch.inference_mode():
             timesteps, _ = retrieve_timesteps(scheduler, params.num_inference_steps, self.device)
-            if request.init_image is not None:
+            after_step = None
+            if request.mask is not None:
+                with scheduler_of(self.img2img, scheduler) as i2i:
+                    timesteps, _ = i2i.get_timesteps(
+                        params.num_inference_steps, params.strength, self.device
+                    )
+                inpaint = self.inpainter.prepare(
+                    request, scheduler, timesteps, cfg, dtype, self.device, generators
+                )
+                latents, after_step = inpaint.latents, inpaint.blend
+                cond |= inpaint.cond
+            elif request.init_image is not None:
                 with scheduler_of(self.img2img, scheduler) as i2i:
                     timesteps, _ = i2i.get_timesteps(
                         params.num_inference_steps, params.strength, self.device
@@ -190,6 +205,8 @@ class UNetFamily:
             group=(self.name, params.height, params.width),
             step_kwargs=step_kwargs,
             warnings=self._prompt_warnings(params),
+            after_step=after_step,
+            extra={"inpaint": inpaint} if request.mask is not None else {},
         )
 
     def _prompt_warnings(self, params: JobParams) -> list[str]:
@@ -208,10 +225,12 @@ class UNetFamily:
         for state in states:
             x = torch.cat([state.latents] * 2) if state.cfg else state.latents
             x = state.scheduler.scale_model_input(x, state.timestep)
+            if "masked_latents" in state.cond:  # an inpainting checkpoint's extra channels
+                x = torch.cat([x, state.cond["mask"], state.cond["masked_latents"]], dim=1)
             inputs.append(x)
             # Per-sample timesteps: the U-Net embeds each row's own (as float, exactly).
             timesteps.append(state.timestep.to(torch.float32).reshape(1).expand(x.shape[0]))
-        keys = states[0].cond.keys()
+        keys = [key for key in states[0].cond if key not in ("mask", "masked_latents")]
         cond = {key: torch.cat([state.cond[key] for state in states]) for key in keys}
         added = None
         if self.xl:
@@ -258,6 +277,9 @@ class UNetFamily:
                     f"the safety checker flagged image(s) {[i - start for i in hit]}: "
                     "they are blacked out"
                 )
-            out.append(images[start:end])
+            job_images = images[start:end]
+            if "inpaint" in state.extra:
+                job_images = self.inpainter.overlay(job_images, state.extra["inpaint"])
+            out.append(job_images)
             start = end
         return out

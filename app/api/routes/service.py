@@ -5,9 +5,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.errors import PROBLEM_RESPONSE, RETRY_AFTER_S, problem
-from app.api.schemas import Health, ModelLimits, ModelList, ModelPublic
+from app.api.schemas import Health, LoraPublic, ModelLimits, ModelList, ModelPublic
+from app.core.models import ModelSpec
 
 router = APIRouter(tags=["service"])
 
@@ -35,6 +36,13 @@ def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     # Cluster figures are read from Redis as the registry is collected (cluster_metrics).
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _loras(services: Services, spec: ModelSpec) -> list[LoraPublic]:
+    if not spec.takes_loras:
+        return []
+    adapters = services.loras.adapters(spec.name).values()
+    return [LoraPublic(name=a.name, sha256=a.sha256) for a in adapters]
 
 
 @router.get(
@@ -65,6 +73,7 @@ def list_models(services: ServicesDep, _tenant: TenantDep) -> ModelList:
                 size_multiple=spec.size_multiple,
                 schedulers=list(spec.schedulers),
                 modes=list(spec.modes),
+                loras=_loras(services, spec),
                 engine=spec.engine,
             )
             for spec in services.models.values()
