@@ -145,13 +145,18 @@ class Registry:
         return found
 
     def find(self, model: str, name: str, sha256: str) -> Adapter | None:
-        """The file of adapter `name` if it still has `sha256` (re-listing once if not)."""
-        adapter = self.adapters(model).get(name)
-        if adapter is None or adapter.sha256 != sha256:
-            with self._lock:
-                self._listed.pop(model, None)
+        """The file of adapter `name` if it still has `sha256` (the file is checked, not just
+        the listing: a stat, and a re-hash only if it changed)."""
+        for _ in range(2):
             adapter = self.adapters(model).get(name)
-        return adapter if adapter is not None and adapter.sha256 == sha256 else None
+            try:
+                if adapter is not None and self._hashes.of(adapter.path) == sha256:
+                    return adapter
+            except OSError:
+                pass  # gone since it was listed
+            with self._lock:
+                self._listed.pop(model, None)  # list again once: it may have moved
+        return None
 
 
 def registry_from(settings: "Settings") -> Registry:
