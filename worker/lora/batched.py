@@ -36,7 +36,9 @@ class _Rows:
     """The rows one adapter applies to in this batch, and each row's stack scale."""
 
     ranges: list[tuple[int, int, float]]  # (start, stop, scale), in row order
-    _by_device: dict[torch.device, tuple[Any, Any]] = field(default_factory=dict)
+    _by_device: dict[tuple[torch.device, torch.dtype], tuple[Any, Any]] = field(
+        default_factory=dict
+    )
 
     def on(self, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
         """(selector, coefficient): a slice when the rows are one run (a view, no copy), else

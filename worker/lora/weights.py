@@ -54,7 +54,9 @@ class LoraLayer:
 
     @property
     def nbytes(self) -> int:
-        return self.down.numel() * self.down.element_size() + self.up.numel() * self.up.element_size()
+        return (
+            self.down.numel() * self.down.element_size() + self.up.numel() * self.up.element_size()
+        )
 
 
 @dataclass(frozen=True, eq=False)
