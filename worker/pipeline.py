@@ -9,6 +9,7 @@ from PIL import Image
 
 from app.core.families import Family as FamilyName
 from app.core.jobs import JobCreate, JobParams
+from app.core.loras import registry_from
 from app.core.models import (
     SHAPES_MODEL,
     TINY_FLUX,
@@ -79,8 +80,18 @@ class ResidentPipeline:
         self.device = device
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
+        registry, model = registry_from(settings), settings.model
+
+        def find(name: str, sha256: str) -> Path | None:
+            adapter = registry.find(model, name, sha256)
+            return adapter.path if adapter else None
+
         self.family = load_family(
-            pipe, device, safety_checker=settings.safety_checker, prompt_cache=settings.prompt_cache
+            pipe,
+            device,
+            safety_checker=settings.safety_checker,
+            prompt_cache=settings.prompt_cache,
+            loras=(find, settings.lora_memory_mb * 2**20),
         )
         self.native_size = self.family.native_size
         self.max_cost: int | None = None  # rows x latent pixels a forward holds (fit_budget)

@@ -440,14 +440,14 @@ def test_unet_texts_are_encoded_once_and_kept_embeddings_equal_diffusers(
 ) -> None:
     model = tiny(name)
     family: Any = model.family
-    encoded: list[list[str]] = []
-    real = family.prompts.encode
+    encoded: list[list[tuple]] = []
+    real = family.texts.prompts.encode
 
-    def encode(texts: list[str]) -> list:
+    def encode(texts: list[tuple]) -> list:
         encoded.append(texts)
         return real(texts)
 
-    family.prompts.encode = encode
+    family.texts.prompts.encode = encode
     try:
         # Two jobs share a prompt and a negative prompt: each distinct text is encoded once.
         prompt, negative = f"a kept prompt for {name}", f"a kept negative for {name}"
@@ -456,12 +456,12 @@ def test_unet_texts_are_encoded_once_and_kept_embeddings_equal_diffusers(
             "b": make_params(prompt=prompt, negative_prompt=negative, guidance_scale=3.0, seed=2),
         }
         outcomes, _ = run(model, first, {})
-        assert encoded == [[prompt, negative]]
+        assert encoded == [[(prompt, ()), (negative, ())]]  # no text-encoder adapters
         assert_as_diffusers(model, first, outcomes)
         # A later job with both texts kept encodes nothing, and still equals diffusers.
         later = {"c": make_params(prompt=prompt, negative_prompt=negative, num_images=2, seed=3)}
         outcomes, _ = run(model, later, {})
-        assert encoded == [[prompt, negative]]
+        assert encoded == [[(prompt, ()), (negative, ())]]
         assert_as_diffusers(model, later, outcomes)
     finally:
-        family.prompts.encode = real
+        family.texts.prompts.encode = real

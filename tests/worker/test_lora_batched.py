@@ -6,92 +6,30 @@ block differently by batch size, so results differ by rounding only: we allow 1e
 output's magnitude (observed: a few 1e-7), while the LoRAs move outputs by 1e-2..1e-1 of it.
 """
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from tests.worker.lora_files import (
+    KOHYA_SD,
+    TEXT_TARGETS,
+    UNET_TARGETS,
+    activate,
+    diffusers_file,
+    kohya_file,
+    peft_021_with_transformers_5,  # noqa: F401 (autouse)
+    peft_lora,
+    reference,
+)
 from worker.lora.batched import RowLoras
 from worker.lora.weights import FILE_CHANGED, LoraWeights, read_lora
 from worker.tiny_families import _build_pipeline as build_family
 from worker.tiny_model import _build_pipeline as build_sd
 
 RTOL = 1e-5
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "time_emb_proj"]
-UNET_TARGETS += ["conv1", "linear_1"]  # resnet 3x3 convs, the time embedding's first linear
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]
-
-
-def _peft_lora(model: torch.nn.Module, seed: int, targets: list[str], **extra) -> tuple:
-    """A random PEFT LoRA on a copy of `model`: (state dict, its config as metadata)."""
-    config = LoraConfig(
-        r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets, **extra
-    )  # alpha != r: the scale matters
-    model = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.add_adapter(config)
-    return get_peft_model_state_dict(model), config.to_dict()
-
-
-def _diffusers_file(pipe, folder: Path, seed: int = 1) -> Path:
-    """Diffusers/PEFT format, LoraConfig in the file's metadata (as diffusers' scripts save)."""
-    unet, unet_meta = _peft_lora(
-        pipe.unet, seed, UNET_TARGETS, rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3}
-    )
-    te, te_meta = _peft_lora(pipe.text_encoder, seed + 1, TEXT_TARGETS)
-    StableDiffusionPipeline.save_lora_weights(
-        folder,
-        unet_lora_layers=unet,
-        text_encoder_lora_layers=te,
-        unet_lora_adapter_metadata=unet_meta,
-        text_encoder_lora_adapter_metadata=te_meta,
-    )
-    return folder / "pytorch_lora_weights.safetensors"
-
-
-# kohya name -> (down shape, up shape, alpha): linears, a 1x1 and a 3x3 (LoCon) conv, ranks
-# and alphas that differ per module (diffusers turns those into rank/alpha patterns).
-_KOHYA_SD = {
-    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": ((4, 32), (32, 4), 2),
-    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": ((4, 32), (32, 4), 2),
-    "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0": ((2, 32), (32, 2), 2),
-    "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_ff_net_2": ((4, 128), (32, 4), 8),
-    "lora_unet_down_blocks_0_attentions_0_proj_in": ((4, 32, 1, 1), (32, 4, 1, 1), 2),
-    "lora_unet_down_blocks_0_resnets_0_conv1": ((4, 32, 3, 3), (32, 4, 1, 1), 2),
-    "lora_unet_mid_block_resnets_1_conv2": ((4, 64, 3, 3), (64, 4, 1, 1), 2),
-    "lora_unet_down_blocks_1_resnets_0_time_emb_proj": ((4, 128), (64, 4), 2),
-    "lora_te_text_model_encoder_layers_0_self_attn_q_proj": ((4, 32), (32, 4), 1),
-    "lora_te_text_model_encoder_layers_1_mlp_fc1": ((4, 32), (37, 4), 1),
-    "lora_te_text_model_encoder_layers_1_self_attn_out_proj": ((4, 32), (32, 4), 1),
-}
-
-
-def _kohya_file(path: Path, spec: dict, seed: int = 7) -> Path:
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (down, up, alpha) in spec.items():
-        tensors[f"{name}.lora_down.weight"] = torch.randn(down, generator=gen) * 0.3
-        tensors[f"{name}.lora_up.weight"] = torch.randn(up, generator=gen) * 0.3
-        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
-    save_file(tensors, path)
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _peft_021_with_transformers_5():
-    """transformers 5.25's PEFT integration (`add_adapter`, `load_adapter`, which diffusers'
-    `load_lora_weights` calls for text encoders) demands peft >= 0.22, not yet released (we
-    have 0.21.2), so diffusers cannot load a text-encoder LoRA here at all. worker/lora does
-    not go through it. To build files and references, skip that version gate."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("transformers.integrations.peft.check_peft_version", lambda **_: None)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -99,27 +37,11 @@ def sd(tmp_path_factory: pytest.TempPathFactory):
     """(tiny-sd, adapter A in diffusers format, adapter B in kohya format, their files)."""
     folder = tmp_path_factory.mktemp("lora")
     pipe = build_sd()
-    file_a = _diffusers_file(pipe, folder / "a")
-    file_b = _kohya_file(folder / "b.safetensors", _KOHYA_SD)
+    file_a = diffusers_file(pipe, folder / "a")
+    file_b = kohya_file(folder / "b.safetensors", KOHYA_SD)
     a = read_lora(file_a, pipe, "adapter_a")
     b = read_lora(file_b, pipe, "adapter_b")
     return pipe, a, b, file_a, file_b
-
-
-def _reference(pipe, files: dict[str, Path]):
-    """A copy of `pipe` with every adapter loaded by diffusers itself."""
-    ref = copy.deepcopy(pipe)
-    for name, file in files.items():
-        ref.load_lora_weights(str(file), adapter_name=name)
-    return ref
-
-
-def _activate(ref, stack: tuple) -> None:
-    if not stack:
-        ref.disable_lora()
-        return
-    ref.enable_lora()
-    ref.set_adapters([w.name for w, _ in stack], adapter_weights=[s for _, s in stack])
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -158,11 +80,11 @@ def test_unet_and_text_encoder_rows_match_diffusers(sd) -> None:
     assert torch.equal(pipe.unet(sample, t, context).sample, base_unet)
     assert torch.equal(pipe.text_encoder(ids).last_hidden_state, base_text)
 
-    ref = _reference(pipe, {a.name: file_a, b.name: file_b})
+    ref = reference(pipe, {a.name: file_a, b.name: file_b})
     start, errors = 0, []
     for count, stack in plan:
         rows = slice(start, start + count)
-        _activate(ref, stack)
+        activate(ref, stack)
         want_unet = ref.unet(sample[rows], t[rows], context[rows]).sample
         want_text = ref.text_encoder(ids[rows]).last_hidden_state
         errors += [_close(unet_out[rows], want_unet), _close(text_out[rows], want_text)]
@@ -194,12 +116,12 @@ def test_sha_mismatch_and_wrong_architecture(sd, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=FILE_CHANGED):
         read_lora(file_a, pipe, "a", sha256="0" * 64)
     sdxl = build_family("tiny-sdxl")
-    unet, _ = _peft_lora(sdxl.unet, 3, ["to_q", "to_k"])
+    unet, _ = peft_lora(sdxl.unet, 3, ["to_q", "to_k"])
     StableDiffusionXLPipeline.save_lora_weights(tmp_path / "xl", unet_lora_layers=unet)
     xl_file = tmp_path / "xl" / "pytorch_lora_weights.safetensors"
     with pytest.raises(ValueError, match="pytorch_lora_weights.safetensors.*(no such|fit)"):
         read_lora(xl_file, pipe, "xl")
-    te2 = _kohya_file(
+    te2 = kohya_file(
         tmp_path / "te2.safetensors",
         {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": ((4, 32), (32, 4), 4)},
     )
@@ -209,12 +131,12 @@ def test_sha_mismatch_and_wrong_architecture(sd, tmp_path: Path) -> None:
 
 def test_unsupported_is_refused(sd, tmp_path: Path) -> None:
     pipe = sd[0]
-    dora, meta = _peft_lora(pipe.unet, 4, ["to_q"], use_dora=True)
+    dora, meta = peft_lora(pipe.unet, 4, ["to_q"], use_dora=True)
     StableDiffusionPipeline.save_lora_weights(tmp_path / "dora", unet_lora_layers=dora)
     with pytest.raises(ValueError, match="DoRA"):
         read_lora(tmp_path / "dora" / "pytorch_lora_weights.safetensors", pipe, "dora")
-    kohya_dora = dict(_KOHYA_SD)
-    _kohya_file(tmp_path / "kd.safetensors", kohya_dora)
+    kohya_dora = dict(KOHYA_SD)
+    kohya_file(tmp_path / "kd.safetensors", kohya_dora)
     from safetensors.torch import load_file
 
     tensors = load_file(tmp_path / "kd.safetensors")
@@ -222,7 +144,7 @@ def test_unsupported_is_refused(sd, tmp_path: Path) -> None:
     save_file(tensors, tmp_path / "kd.safetensors")
     with pytest.raises(ValueError, match="kd.safetensors.*DoRA"):
         read_lora(tmp_path / "kd.safetensors", pipe, "kd")
-    emb, _ = _peft_lora(pipe.text_encoder, 5, ["token_embedding"])
+    emb, _ = peft_lora(pipe.text_encoder, 5, ["token_embedding"])
     StableDiffusionPipeline.save_lora_weights(tmp_path / "emb", text_encoder_lora_layers=emb)
     with pytest.raises(ValueError, match="embedding"):
         read_lora(tmp_path / "emb" / "pytorch_lora_weights.safetensors", pipe, "emb")
@@ -231,8 +153,8 @@ def test_unsupported_is_refused(sd, tmp_path: Path) -> None:
 @torch.inference_mode()
 def test_sdxl_unet_and_text_encoder_2(tmp_path: Path) -> None:
     pipe = build_family("tiny-sdxl")
-    unet, unet_meta = _peft_lora(pipe.unet, 11, UNET_TARGETS + ["add_embedding.linear_1"])
-    te2, te2_meta = _peft_lora(pipe.text_encoder_2, 12, TEXT_TARGETS + ["text_projection"])
+    unet, unet_meta = peft_lora(pipe.unet, 11, UNET_TARGETS + ["add_embedding.linear_1"])
+    te2, te2_meta = peft_lora(pipe.text_encoder_2, 12, TEXT_TARGETS + ["text_projection"])
     StableDiffusionXLPipeline.save_lora_weights(
         tmp_path,
         unet_lora_layers=unet,
@@ -253,11 +175,11 @@ def test_sdxl_unet_and_text_encoder_2(tmp_path: Path) -> None:
     with RowLoras(pipe).rows(plan):
         unet_out = pipe.unet(sample, t, context, added_cond_kwargs=added).sample
         te2_out = pipe.text_encoder_2(ids)
-    ref = _reference(pipe, {"x": file})
+    ref = reference(pipe, {"x": file})
     start = 0
     for count, stack in plan:
         rows = slice(start, start + count)
-        _activate(ref, stack)
+        activate(ref, stack)
         sub = {k: v[rows] for k, v in added.items()}
         want = ref.unet(sample[rows], t[rows], context[rows], added_cond_kwargs=sub).sample
         _close(unet_out[rows], want)

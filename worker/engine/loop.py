@@ -52,6 +52,7 @@ class Engine:
         self.iteration = 0
         self.last_forward: tuple[int, float] | None = None  # images, seconds (for metrics)
         self._cancels: set[str] = set()
+        self._loading = False  # a job waits for its adapters to load
 
     # What the worker asks of it
 
@@ -103,9 +104,12 @@ class Engine:
     def iterate(self) -> list[Outcome]:
         """Admit, run one forward over one group, step, retire; returns jobs that left."""
         self.iteration += 1
+        self._loading = False
         outcomes = self._retire_stopped()
         outcomes += self._admit()
         batch = self._pick()
+        if not batch and self._loading and not outcomes:
+            time.sleep(0.01)  # only jobs waiting for their adapters: do not spin a core
         if batch:
             outcomes += self._step(batch)
             finished = [s for s in batch if s.done]
@@ -157,6 +161,9 @@ class Engine:
                 continue
             try:
                 self.family.check(item.params, item.init_image)
+                if not self.family.ready(item):
+                    self._loading = True
+                    continue  # its adapters load meanwhile; later jobs may pass it
             except InvalidInput as exc:
                 self.pending.remove(item)
                 outcomes.append(Outcome(item.job_id, error=("invalid_input", str(exc))))

@@ -21,6 +21,8 @@ class EngineRequest:
     init_image: Image.Image | None = None
     deadline: float | None = None
     mask: Image.Image | None = None
+    # The job's LoRA stack, ((weights, scale), ...), once its family has them loaded.
+    adapters: tuple = ()
 
 
 @dataclass

@@ -26,6 +26,10 @@ class Family(Protocol):
     def check(self, params: JobParams, init_image: Image.Image | None) -> None:
         """Raise `InvalidInput` for what this model cannot run, before any tensor exists."""
 
+    def ready(self, request: EngineRequest) -> bool:
+        """Whether the job may start now (its LoRA adapters are loaded); False makes it wait
+        without holding up other jobs. Raise `InvalidInput` for a job that never can."""
+
     def cost(self, params: JobParams) -> int:
         """Denoiser rows times latent pixels this job adds to every forward it is part of."""
 
@@ -37,6 +41,14 @@ class Family(Protocol):
 
     def decode(self, states: list[JobState]) -> list[list[Image.Image]]:
         """Latents to images for finished jobs of one group, decoded together."""
+
+
+class NoAdapters:
+    """For families that take no LoRA adapters: every job is ready (`plain_only` refused
+    adapters at `check`)."""
+
+    def ready(self, request: EngineRequest) -> bool:
+        return True
 
 
 @contextmanager

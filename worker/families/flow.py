@@ -25,7 +25,15 @@ from app.core.families import FLOW_SCHEDULERS
 from app.core.jobs import JobParams
 from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
-from worker.families.base import InvalidInput, guided, plain_only, scheduler_of, seeded, split_rows
+from worker.families.base import (
+    InvalidInput,
+    NoAdapters,
+    guided,
+    plain_only,
+    scheduler_of,
+    seeded,
+    split_rows,
+)
 
 
 def _default(pipe: DiffusionPipeline, argument: str) -> object:
@@ -33,7 +41,7 @@ def _default(pipe: DiffusionPipeline, argument: str) -> object:
     return inspect.signature(type(pipe).__call__).parameters[argument].default
 
 
-class FlowFamily:
+class FlowFamily(NoAdapters):
     """The step-wise math of diffusers' SD3 and FLUX text- and image-to-image pipelines."""
 
     name = "flow"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.core.jobs import JobParams
 from worker.engine.state import EngineRequest, JobState
-from worker.families.base import InvalidInput, plain_only, seeded
+from worker.families.base import InvalidInput, NoAdapters, plain_only, seeded
 
 
 class _Done:
@@ -22,7 +22,7 @@ class _Done:
         return (images,)
 
 
-class PipelineFamily:
+class PipelineFamily(NoAdapters):
     """One pipeline call per job, for architectures the engine has no family for."""
 
     name = "pipeline"

@@ -4,7 +4,7 @@ a client's retry. An embedding depends only on its text, so a kept one is the on
 would give again."""
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -15,13 +15,16 @@ class PromptCache:
     """The last `size` texts' embeddings (least recently used go first; 0 keeps none, and a
     text repeated within one call is still encoded once)."""
 
-    def __init__(self, encode: Callable[[list[str]], list[Embedding]], size: int = 256) -> None:
+    def __init__(
+        self, encode: Callable[[list[Hashable]], list[Embedding]], size: int = 256
+    ) -> None:
         self.encode = encode
         self.size = size
-        self._kept: OrderedDict[str, Embedding] = OrderedDict()
+        self._kept: OrderedDict[Hashable, Embedding] = OrderedDict()
 
-    def get(self, texts: list[str]) -> list[Embedding]:
-        """Each text's embedding, in order; the texts not kept are encoded in one call."""
+    def get(self, texts: list[Hashable]) -> list[Embedding]:
+        """Each text's embedding, in order; the texts not kept are encoded in one call. A
+        text is any key `encode` understands (U-Nets: the text and its adapters)."""
         missing = [text for text in dict.fromkeys(texts) if text not in self._kept]
         fresh = dict(zip(missing, self.encode(missing), strict=True)) if missing else {}
         out = []

@@ -4,6 +4,8 @@ Every formula is diffusers' own (`encode_prompt`, `retrieve_timesteps`, `get_tim
 `prepare_latents`, `_get_add_time_ids`, the VAE's scaling, the image processor), called on
 the loaded pipelines with each job's scheduler swapped in; this module only arranges rows."""
 
+from contextlib import nullcontext
+
 import torch
 from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
@@ -13,14 +15,10 @@ from app.core.families import UNET_SCHEDULERS
 from app.core.jobs import JobParams
 from worker.engine.schedulers import Schedulers
 from worker.engine.state import EngineRequest, JobState
+from worker.families.adapters import FamilyAdapters
 from worker.families.base import InvalidInput, guided, scheduler_of, seeded, split_rows
 from worker.families.inpaint import Inpainter
-from worker.families.prompt_cache import Embedding, PromptCache
-
-
-def _per_image(text: Embedding, n: int) -> Embedding:
-    """A text's embedding rows repeated for each of a job's `n` images."""
-    return {key: value.repeat(n, *[1] * (value.dim() - 1)) for key, value in text.items()}
+from worker.families.unet_text import UNetTexts
 
 
 class UNetFamily:
@@ -34,9 +32,12 @@ class UNetFamily:
         device: torch.device,
         safety_checker: bool = True,
         prompt_cache: int = 256,
+        adapters: FamilyAdapters | None = None,
     ):
         self.pipe = pipe
-        self.prompts = PromptCache(self._encode_texts, prompt_cache)
+        self.adapters = adapters
+        loras = adapters.rows if adapters else None
+        self.texts = UNetTexts(pipe, device, self.uses_cfg, prompt_cache, loras)
         self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         self.inpainter = Inpainter(pipe)
@@ -49,7 +50,6 @@ class UNetFamily:
         self.native_size = pipe.unet.config.sample_size * self.vae_scale
         self.size_multiple = self.vae_scale
         self.safety_checker = safety_checker and getattr(pipe, "safety_checker", None) is not None
-        self.max_tokens = pipe.tokenizer.model_max_length
 
     @property
     def dtype(self) -> torch.dtype:
@@ -72,73 +72,25 @@ class UNetFamily:
         if params.scheduler is not None and params.scheduler not in UNET_SCHEDULERS:
             raise InvalidInput(f"scheduler must be one of {list(UNET_SCHEDULERS)}")
 
+    def ready(self, request: EngineRequest) -> bool:
+        """Whether the job may start: its LoRA adapters are loaded (loading starts now)."""
+        if self.adapters is None:
+            if request.params.loras:
+                raise InvalidInput("this worker has no adapter registry; leave loras out")
+            return True
+        return self.adapters.ready(request)
+
     def cost(self, params: JobParams) -> int:
         latent_pixels = params.width * params.height // self.vae_scale**2
         return params.num_images * (2 if self.uses_cfg(params) else 1) * latent_pixels
 
     def prepare(self, requests: list[EngineRequest]) -> list[JobState]:
         """Encode every newcomer's prompts in one text-encoder call, then set up each job."""
-        embeds = self._encode(requests)
+        embeds = self.texts.encode(requests)
         states = []
         for request, cond in zip(requests, embeds, strict=True):
             states.append(self._prepare_one(request, cond))
         return states
-
-    def _encode(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
-        # Each distinct text once (kept ones not again): the prompt, and for guided jobs the
-        # negative prompt, "" when none, as diffusers' own call encodes it.
-        texts: list[str] = []
-        for request in requests:
-            params = request.params
-            texts.append(params.prompt)
-            if self.uses_cfg(params) and not self._zero_negative(params):
-                texts.append(params.negative_prompt or "")
-        embedded = iter(self.prompts.get(texts))
-        conds = []
-        for request in requests:
-            params = request.params
-            n = params.num_images
-            text = next(embedded)
-            rows = _per_image(text, n)
-            if self.uses_cfg(params):
-                if self._zero_negative(params):
-                    # SDXL gives a missing negative prompt zero embeddings, not those of "".
-                    uncond = {key: torch.zeros_like(value) for key, value in rows.items()}
-                else:
-                    uncond = _per_image(next(embedded), n)
-                rows = {key: torch.cat([uncond[key], rows[key]]) for key in rows}
-            cond = {"embeds": rows["embeds"]}
-            if "pooled" in rows:
-                cond["text_embeds"] = rows["pooled"]
-            conds.append(cond)
-        return conds
-
-    def _encode_texts(self, texts: list[str]) -> list[Embedding]:
-        """diffusers' `encode_prompt` over distinct texts, one embedding each."""
-        with torch.inference_mode():
-            if self.xl:
-                embeds, _, pooled, _ = self.pipe.encode_prompt(
-                    prompt=texts,
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=False,
-                )
-            else:
-                embeds, _ = self.pipe.encode_prompt(texts, self.device, 1, False)
-                pooled = None
-        out: list[Embedding] = []
-        for i in range(len(texts)):
-            text = {"embeds": embeds[i : i + 1]}
-            if pooled is not None:
-                text["pooled"] = pooled[i : i + 1]
-            out.append(text)
-        return out
-
-    def _zero_negative(self, params: JobParams) -> bool:
-        return self.xl and params.negative_prompt is None and self._force_zeros()
-
-    def _force_zeros(self) -> bool:
-        return bool(self.pipe.config.get("force_zeros_for_empty_prompt", False))
 
     def _prepare_one(self, request: EngineRequest, cond: dict[str, torch.Tensor]) -> JobState:
         params = request.params
@@ -204,21 +156,10 @@ class UNetFamily:
             cond=cond,
             group=(self.name, params.height, params.width),
             step_kwargs=step_kwargs,
-            warnings=self._prompt_warnings(params),
+            warnings=self.texts.warnings(params),
             after_step=after_step,
             extra={"inpaint": inpaint} if request.mask is not None else {},
         )
-
-    def _prompt_warnings(self, params: JobParams) -> list[str]:
-        warnings = []
-        for field in ("prompt", "negative_prompt"):
-            text = getattr(params, field)
-            if text and len(self.pipe.tokenizer(text).input_ids) > self.max_tokens:
-                warnings.append(
-                    f"{field} is longer than the text encoder's {self.max_tokens} tokens; "
-                    "the rest was ignored"
-                )
-        return warnings
 
     def forward(self, states: list[JobState]) -> list[torch.Tensor]:
         inputs, timesteps = [], []
@@ -235,7 +176,9 @@ class UNetFamily:
         added = None
         if self.xl:
             added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
-        with torch.inference_mode():
+        plan = [(state.rows, state.request.adapters) for state in states]
+        loras = self.adapters.rows.rows(plan, {"unet"}) if self.adapters else nullcontext()
+        with torch.inference_mode(), loras:
             output = self.pipe.unet(
                 torch.cat(inputs),
                 torch.cat(timesteps).to(self.device),
