@@ -1,4 +1,7 @@
-"""Request body policy: JSON only (415 otherwise), and nothing over the size limit (413)."""
+"""Request body policy: JSON only (415 otherwise) but for form routes, and nothing over the size
+limit (413)."""
+
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,13 +42,16 @@ class BodySizeLimit:
 _JSON_TYPES = (b"application/json",)
 # `curl -d` sends this type by habit; no route of ours takes forms, so it means JSON.
 _READ_AS_JSON = (b"", b"application/x-www-form-urlencoded")
+_FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 
 
 class JsonBodies:
-    """ASGI middleware: request bodies are JSON; other declared types get 415."""
+    """ASGI middleware: request bodies are JSON; other declared types get 415. The paths in
+    `form_paths` take multipart/form-data instead (OpenAI's image edits)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, form_paths: Collection[str] = ()) -> None:
         self.app = app
+        self.form_paths = frozenset(form_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -56,7 +62,12 @@ class JsonBodies:
             await self.app(scope, receive, send)
             return
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type in _READ_AS_JSON:
+        if scope["path"] in self.form_paths:
+            if media_type not in _FORM_TYPES:
+                detail = "this route takes a form: send Content-Type: multipart/form-data"
+                await problem(415, detail)(scope, receive, send)
+                return
+        elif media_type in _READ_AS_JSON:
             # In place: the router records the matched route in this same scope.
             rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope["headers"] = [*rest, (b"content-type", b"application/json")]

@@ -15,7 +15,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit, JsonBodies
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.openapi import document_limits
-from app.api.routes import events, images, jobs, playground, service
+from app.api.routes import edits, events, images, jobs, playground, service
 from app.core.events import JobEvents
 from app.core.expiry import sweep_expired
 from app.core.limits import RateLimiter, ServiceRate
@@ -114,10 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(images.router)
+    app.include_router(edits.router)
     app.include_router(service.router)
     app.include_router(playground.router)
     document_limits(app, services.settings)
-    app.add_middleware(JsonBodies)
+    app.add_middleware(JsonBodies, form_paths={edits.PATH})
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(RequestContext)

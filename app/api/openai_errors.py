@@ -25,7 +25,13 @@ log = logging.getLogger(__name__)
 INVALID = "invalid_request_error"
 SERVER = "server_error"
 # Fields of a job request named as the OpenAI request names them.
-OPENAI_PARAM = {"width": "size", "height": "size", "num_images": "n"}
+OPENAI_PARAM = {
+    "width": "size",
+    "height": "size",
+    "num_images": "n",
+    "init_image": "image",
+    "mask_image": "mask",
+}
 # pydantic error types as OpenAI's codes; anything else is an invalid_value.
 _CODES = {
     "missing": "missing_required_parameter",

@@ -1,6 +1,7 @@
-"""`stream: true` of the OpenAI-compatible image generation: OpenAI's Images API events as
-Server-Sent Events, `image_generation.partial_image` from the job's live previews, then one
-`image_generation.completed` per image (an `error` event if the job does not succeed)."""
+"""`stream: true` of the OpenAI-compatible image generation and edits: OpenAI's Images API
+events as Server-Sent Events, `image_generation.partial_image` (`image_edit.partial_image`)
+from the job's live previews, then one `image_generation.completed` (`image_edit.completed`)
+per image (an `error` event if the job does not succeed)."""
 
 import asyncio
 import base64
@@ -15,7 +16,7 @@ from starlette.responses import StreamingResponse
 
 from app.api.deps import Services
 from app.api.openai_errors import OpenAIProblem
-from app.api.openai_schemas import ImageGenerate
+from app.api.openai_schemas import ImageOptions
 from app.core.images import encode_image
 from app.core.jobs import Job, JobStatus
 from app.core.storage import image_key
@@ -55,12 +56,14 @@ class ImageStream:
     def __init__(
         self,
         services: Services,
-        body: ImageGenerate,
+        body: ImageOptions,
         job: Job,
         give_up: Callable[[Services, str], Job | None],
         outcome_error: Callable[[Job, float], OpenAIProblem],
+        kind: str = "image_generation",
     ) -> None:
         self.services = services
+        self.kind = kind  # the events' prefix: image_generation or image_edit
         self.job = job
         self.partial_images = body.partial_images or 0
         self.give_up = give_up
@@ -122,10 +125,10 @@ class ImageStream:
                 if partial_due(step, total, sent, self.partial_images):
                     data = await asyncio.to_thread(_full_size, event.fields["image"], job)
                     yield _sse(
-                        "image_generation.partial_image",
+                        f"{self.kind}.partial_image",
                         self.common
                         | {
-                            "type": "image_generation.partial_image",
+                            "type": f"{self.kind}.partial_image",
                             "b64_json": base64.b64encode(data).decode(),
                             "created_at": int(time.time()),
                             "partial_image_index": sent,
@@ -137,10 +140,10 @@ class ImageStream:
         key = image_key(job.id, index, job.request.output_format)
         data = self.services.storage.get(key)
         return _sse(
-            "image_generation.completed",
+            f"{self.kind}.completed",
             self.common
             | {
-                "type": "image_generation.completed",
+                "type": f"{self.kind}.completed",
                 "b64_json": base64.b64encode(data).decode(),
                 "created_at": int((job.finished_at or job.created_at).timestamp()),
                 "usage": _USAGE,

@@ -24,7 +24,9 @@ def document_limits(app: FastAPI, settings: Settings) -> None:
             fields = components["JobCreate"]["properties"]
             # The OpenAI-compatible request names the image count `n`.
             bounded = [(fields[name], maximum) for name, maximum in maxima.items()]
-            bounded.append((components["ImageGenerate"]["properties"]["n"], settings.max_images))
+            for openai_body in ("ImageGenerate", "ImageEdit"):
+                n = components[openai_body]["properties"]["n"]
+                bounded.append((n, settings.max_images))
             for field, maximum in bounded:
                 for branch in field.get("anyOf", [field]):
                     if branch.get("type") == "integer":

@@ -1,18 +1,19 @@
 """OpenAI-compatible image generation: submit a job, wait for it (bounded), answer in
-OpenAI's `ImagesResponse` shape. The official `openai` package works against it unchanged."""
+OpenAI's `ImagesResponse` shape. The official `openai` package works against it unchanged.
+`Answer` and `ROUTE` serve the edits route (routes/edits.py) as well."""
 
 import asyncio
 import base64
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.openai_errors import INVALID, SERVER, OpenAIProblem, OpenAIRoute, error_responses
-from app.api.openai_schemas import ImageData, ImageGenerate, ImagesResponse
+from app.api.openai_schemas import ImageData, ImageGenerate, ImageOptions, ImagesResponse
 from app.api.openai_stream import ImageStream
 from app.api.submit import submit
 from app.core.errors import FieldError, InvalidRequest
@@ -22,8 +23,20 @@ from app.core.storage import image_key
 
 _STREAMED: dict[int | str, dict] = {
     200: {
-        "description": "The images; with `stream: true`, OpenAI's image generation events",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "The images; with `stream: true`, OpenAI's image events",
+        # Before OpenAPI 3.2 (no `itemSchema`), an event stream's `schema` is that of one event.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "description": "The event's `type`."},
+                        "data": {"type": "string", "description": "The event as JSON."},
+                    },
+                    "required": ["event", "data"],
+                }
+            }
+        },
     }
 }
 router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=OpenAIRoute)
@@ -40,9 +53,11 @@ _JOB_FIELDS = (
 )
 
 
-def to_job(body: ImageGenerate) -> JobCreate:
-    """The job an OpenAI request stands for; `InvalidRequest` naming OpenAI's fields."""
+def to_job(body: ImageOptions, **inputs: object) -> JobCreate:
+    """The job an OpenAI request stands for, with `inputs` (e.g. an edit's `init_image`) as
+    further job fields; `InvalidRequest` naming OpenAI's fields."""
     fields = {name: getattr(body, name) for name in _JOB_FIELDS if getattr(body, name) is not None}
+    fields |= inputs
     if body.size not in (None, "auto"):
         match = _SIZE.match(body.size)
         if match is None:
@@ -134,19 +149,74 @@ def _images(services: Services, request: Request, job: Job, b64: bool) -> list[I
     return data
 
 
-@router.post(
-    "/generations",
-    response_model=ImagesResponse,
-    response_model_exclude_none=True,
-    responses=error_responses() | _STREAMED,
-)
+class Answer:
+    """What answers an OpenAI images request (generations, edits): submits its job, waits
+    for it (bounded) or streams it, and answers with its images or an OpenAI error."""
+
+    def __init__(
+        self,
+        request: Request,
+        response: Response,
+        services: ServicesDep,
+        tenant: TenantDep,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    ) -> None:
+        self.request, self.response, self.services = request, response, services
+        self.tenant, self.idempotency_key = tenant, idempotency_key
+
+    async def __call__(
+        self, body: ImageOptions, job: JobCreate, kind: str = "image_generation"
+    ) -> ImagesResponse | StreamingResponse:
+        """Submit `job` and answer with its images once they are ready (or stream them as
+        `kind` events with `stream: true`); the job is canceled if nobody waits any more."""
+        services = self.services
+        submission = await asyncio.to_thread(
+            submit, services, self.tenant, job, self.idempotency_key
+        )
+        job_id = submission.job.id
+        self.response.headers["X-Job-Id"] = job_id
+        if body.stream:
+            stream = ImageStream(services, body, submission.job, _give_up, _outcome_error, kind)
+            return stream.response()
+        timeout = services.settings.sync_wait_timeout
+        try:
+            finished = submission.job
+            if not finished.status.is_terminal():
+                finished = await _wait(services, self.request, job_id)
+        except ClientGone:
+            await asyncio.to_thread(_give_up, services, job_id)
+            raise OpenAIProblem(499, "client closed the request", code="client_closed") from None
+        except asyncio.CancelledError:
+            # The server is shutting down: nobody will read the images.
+            await asyncio.shield(asyncio.to_thread(_give_up, services, job_id))
+            raise
+        if finished is None:
+            finished = await asyncio.to_thread(_give_up, services, job_id)
+        if finished is None or finished.status is not JobStatus.SUCCEEDED:
+            raise _outcome_error(finished or submission.job, timeout)
+        b64 = body.response_format == "b64_json"
+        data = await asyncio.to_thread(_images, services, self.request, finished, b64)
+        params = finished.request
+        return ImagesResponse(
+            created=int((finished.finished_at or finished.created_at).timestamp()),
+            data=data,
+            output_format=params.output_format,
+            size=f"{params.width}x{params.height}",
+        )
+
+
+AnswerDep = Annotated[Answer, Depends()]
+# How the OpenAI images routes declare themselves: their answers and errors.
+ROUTE: dict[str, Any] = {
+    "response_model": ImagesResponse,
+    "response_model_exclude_none": True,
+    "responses": error_responses() | _STREAMED,
+}
+
+
+@router.post("/generations", **ROUTE)
 async def generate_images(
-    body: ImageGenerate,
-    request: Request,
-    response: Response,
-    services: ServicesDep,
-    tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    body: ImageGenerate, answer: AnswerDep
 ) -> ImagesResponse | StreamingResponse:
     """Generate images and answer once they are ready, in OpenAI's Images API shape.
 
@@ -158,34 +228,4 @@ async def generate_images(
     client that hangs up cancels its job too. Errors come in OpenAI's shape
     `{"error": {"message", "type", "param", "code"}}`. The header `X-Job-Id` names the job
     behind the answer (see `/v1/jobs/{id}`)."""
-    job = to_job(body)
-    submission = await asyncio.to_thread(submit, services, tenant, job, idempotency_key)
-    job_id = submission.job.id
-    response.headers["X-Job-Id"] = job_id
-    if body.stream:
-        return ImageStream(services, body, submission.job, _give_up, _outcome_error).response()
-    timeout = services.settings.sync_wait_timeout
-    try:
-        finished = submission.job
-        if not finished.status.is_terminal():
-            finished = await _wait(services, request, job_id)
-    except ClientGone:
-        await asyncio.to_thread(_give_up, services, job_id)
-        raise OpenAIProblem(499, "client closed the request", code="client_closed") from None
-    except asyncio.CancelledError:
-        # The server is shutting down: nobody will read the images.
-        await asyncio.shield(asyncio.to_thread(_give_up, services, job_id))
-        raise
-    if finished is None:
-        finished = await asyncio.to_thread(_give_up, services, job_id)
-    if finished is None or finished.status is not JobStatus.SUCCEEDED:
-        raise _outcome_error(finished or submission.job, timeout)
-    b64 = body.response_format == "b64_json"
-    data = await asyncio.to_thread(_images, services, request, finished, b64)
-    params = finished.request
-    return ImagesResponse(
-        created=int((finished.finished_at or finished.created_at).timestamp()),
-        data=data,
-        output_format=params.output_format,
-        size=f"{params.width}x{params.height}",
-    )
+    return await answer(body, to_job(body))
