@@ -11,6 +11,7 @@ from app.core.families import Family as FamilyName
 from app.core.jobs import JobCreate, JobParams
 from app.core.loras import registry_from
 from app.core.models import (
+    SHAPES_INPAINT_MODEL,
     SHAPES_MODEL,
     TINY_FLUX,
     TINY_MODEL,
@@ -65,6 +66,8 @@ def model_source(settings: Settings) -> str | Path:
         return ensure_tiny_model(settings.model_cache)
     if settings.model == SHAPES_MODEL:
         return SHAPES_WEIGHTS
+    if settings.model == SHAPES_INPAINT_MODEL:
+        return SHAPES_WEIGHTS.with_name(SHAPES_INPAINT_MODEL)
     if settings.model in (TINY_SDXL, TINY_SD3, TINY_FLUX):
         from worker.tiny_families import ensure_tiny
 
@@ -134,13 +137,28 @@ class ResidentPipeline:
     def _cost(self, images: int, guidance: float) -> int:
         return self.family.cost(self._params(images, guidance))
 
+    @property
+    def _masks(self) -> bool:
+        """An inpainting checkpoint runs only jobs with a mask (measure and warm up so)."""
+        return bool(getattr(self.family, "inpainting_only", False))
+
     def _params(self, images: int, guidance: float, seed: int = 0) -> JobParams:
         return JobParams(
-            prompt="-", negative_prompt=None, mode="text-to-image", strength=None,
+            prompt="-", negative_prompt=None,
+            mode="inpainting" if self._masks else "text-to-image",
+            strength=1.0 if self._masks else None,
             width=self.native_size, height=self.native_size, num_inference_steps=2,
             guidance_scale=guidance, num_images=images, seed=seed, output_format="png",
             model="-",
         )  # fmt: skip
+
+    def _request(self, job_id: str, params: JobParams) -> EngineRequest:
+        """A made-up job: with a gray image and an all-white mask where masks are needed."""
+        if params.mode != "inpainting":
+            return EngineRequest(job_id, params)
+        size = (params.width, params.height)
+        gray, white = Image.new("RGB", size, "gray"), Image.new("L", size, 255)
+        return EngineRequest(job_id, params, gray, mask=white)
 
     def fit_budget(self, spec: ModelSpec, settings: Settings) -> Fit | None:
         """Set how many rows a forward holds: what this device pays for, measured
@@ -153,7 +171,7 @@ class ResidentPipeline:
 
         def requests(rows: int) -> list[EngineRequest]:
             # One-row jobs (no guidance rows), each with a seed of its own, as jobs come.
-            return [EngineRequest(f"budget-{i}", self._params(1, 1.0, seed=i)) for i in range(rows)]
+            return [self._request(f"budget-{i}", self._params(1, 1.0, seed=i)) for i in range(rows)]
 
         fit = fit_rows(self.family, requests, up_to=4 * 2 * spec.max_batch)
         self.max_cost = fit.rows * self._cost(1, 1.0)
@@ -178,7 +196,7 @@ class ResidentPipeline:
         """Runs at native size, alone and in a full batch, so that the first jobs pay for
         neither lazy initialisation nor (with `LDM_COMPILE`) compilation."""
         request = JobCreate(prompt="warm-up", num_inference_steps=2, seed=0)
-        params = resolve_request(request, spec, settings)
-        self.generate(params)
-        if spec.max_batch > 1:
-            self.generate(params.model_copy(update={"num_images": spec.max_batch}))
+        params = resolve_request(request, spec, settings) if not self._masks else self._params(1, 5)
+        for images in sorted({1, spec.max_batch}):
+            made_up = self._request("warm-up", params.model_copy(update={"num_images": images}))
+            self.generate(made_up.params, made_up.init_image, made_up.mask)

@@ -13,6 +13,8 @@ from app.core.settings import Settings
 TINY_MODEL = "tiny-sd"
 # Trained in this project on a synthetic shapes world (shapes/), shipped with the worker.
 SHAPES_MODEL = "tiny-shapes"
+# Its inpainting checkpoint (9-channel U-Net), fine-tuned from it by shapes/inpaint_train.py.
+SHAPES_INPAINT_MODEL = "tiny-shapes-inpaint"
 # Random-weight miniatures of the SDXL, SD3 and FLUX architectures, built offline like tiny-sd.
 TINY_SDXL = "tiny-sdxl"
 TINY_SD3 = "tiny-sd3"
@@ -34,6 +36,7 @@ class ModelSpec:
     cpu_threads: int | None = None  # None: torch's default, one thread per core
     family: Family = "unet"
     size_multiple: int = 0  # 0: the family's own (families.size_multiple_of)
+    inpainting_only: bool = False  # an inpainting checkpoint: its U-Net takes a mask
 
     def __post_init__(self) -> None:
         if not self.size_multiple:
@@ -51,8 +54,10 @@ class ModelSpec:
 
     @property
     def modes(self) -> tuple[Mode, ...]:
-        """What a request may ask of the model: U-Nets also inpaint (masked latent blending,
-        or the model's own mask channels where it is an inpainting checkpoint)."""
+        """What a request may ask of the model: U-Nets also inpaint (masked latent blending),
+        and an inpainting checkpoint only inpaints (its U-Net's extra channels need a mask)."""
+        if self.inpainting_only:
+            return ("inpainting",)
         return (*MODES, "inpainting") if self.family == "unet" else MODES
 
     @property
@@ -84,6 +89,7 @@ class _FolderFacts:
     family: Family
     native_size: int | None
     vae_scale: int
+    inpainting_only: bool = False
 
 
 def _facts_from_folder(folder: Path) -> _FolderFacts | None:
@@ -106,7 +112,8 @@ def _facts_from_folder(folder: Path) -> _FolderFacts | None:
     if isinstance(latent, list):  # some configs give [height, width]
         latent = latent[0]
     native = int(latent) * vae_scale if isinstance(latent, int | float) else None
-    return _FolderFacts(family, native, vae_scale)
+    inpainting = unet is not None and unet.get("in_channels") == 9
+    return _FolderFacts(family, native, vae_scale, inpainting)
 
 
 # Native side, steps, guidance, batch size (images per call at native size that keep a 24 GB
@@ -118,6 +125,7 @@ _KNOWN: dict[str, tuple[int, int, float, int, Family]] = {
     for name, facts in {
         TINY_MODEL: (64, 20, 7.5, 16, "unet"),
         SHAPES_MODEL: (64, 20, 5.0, 16, "unet"),
+        SHAPES_INPAINT_MODEL: (64, 20, 5.0, 16, "unet"),
         TINY_SDXL: (64, 20, 5.0, 16, "unet"),
         TINY_SD3: (64, 20, 7.0, 16, "flow"),
         TINY_FLUX: (64, 4, 3.5, 16, "flow"),
@@ -137,7 +145,14 @@ _KNOWN: dict[str, tuple[int, int, float, int, Family]] = {
 # A 64x64 model's ops are too small to share out: a second thread buys nothing (264 vs 283 ms a
 # call on a quiet 2-core machine), and while another process holds a core every op waits for
 # the descheduled thread (4.1 s against 0.28 s; `python -m bench.first_image --busy`).
-_CPU_THREADS: dict[str, int] = {SHAPES_MODEL: 1}
+_CPU_THREADS: dict[str, int] = {SHAPES_MODEL: 1, SHAPES_INPAINT_MODEL: 1}
+# Inpainting checkpoints by name (others are told by their folder's U-Net config).
+_INPAINTING = {
+    SHAPES_INPAINT_MODEL,
+    "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "stabilityai/stable-diffusion-2-inpainting",
+    "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+}
 
 
 def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
@@ -145,6 +160,7 @@ def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
     name = name or settings.model
     known = _KNOWN.get(name.lower())
     vae_scale = 8
+    inpainting = name.lower() in _INPAINTING
     if known is not None:
         size, steps, guidance, batch, family = known
     else:
@@ -153,6 +169,7 @@ def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
         family = facts.family if facts else "unet"
         size = (facts.native_size if facts else None) or 512
         vae_scale = facts.vae_scale if facts else 8
+        inpainting |= bool(facts and facts.inpainting_only)
     threads = _CPU_THREADS.get(name.lower())
     if name == settings.model:
         threads = settings.cpu_threads or threads
@@ -172,4 +189,5 @@ def model_spec(settings: Settings, name: str | None = None) -> ModelSpec:
         cpu_threads=threads,
         family=family,
         size_multiple=multiple,
+        inpainting_only=inpainting,
     )

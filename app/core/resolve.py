@@ -70,6 +70,9 @@ def _mask_errors(
     mask_size: tuple[int, int] | None,
 ) -> list[FieldError]:
     if mask_size is None:
+        if spec.inpainting_only:
+            message = f"{spec.name} is an inpainting checkpoint: send init_image and mask_image"
+            return [FieldError("body.mask_image", message)]
         return []
     if init_size is None:
         return [FieldError("body.mask_image", "a mask needs init_image: the picture to repaint")]

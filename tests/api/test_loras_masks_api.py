@@ -143,3 +143,19 @@ def test_flow_models_do_not_inpaint(lora_client: TestClient) -> None:
     image = b64(Image.new("RGB", (64, 64)))
     body = {"init_image": image, "mask_image": b64(half_mask()), "model": "tiny-flux"}
     assert "does not inpaint" in fields(submit(lora_client, **body))["body.mask_image"]
+
+
+def test_an_inpainting_checkpoint_takes_only_inpainting_jobs(
+    settings: Settings, redis: Redis
+) -> None:
+    served = settings.model_copy(update={"models": ["tiny-sd", "tiny-shapes-inpaint"]})
+    with TestClient(create_app(served)) as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["tiny-shapes-inpaint"]["modes"] == ["inpainting"]
+        plain = fields(submit(client, model="tiny-shapes-inpaint"))
+        assert "is an inpainting checkpoint" in plain["body.mask_image"]
+        image = b64(Image.new("RGB", (64, 64)))
+        job = submit(
+            client, model="tiny-shapes-inpaint", init_image=image, mask_image=b64(half_mask())
+        )
+        assert job.status_code == 202 and job.json()["request"]["mode"] == "inpainting"

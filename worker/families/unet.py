@@ -41,6 +41,7 @@ class UNetFamily:
         self.schedulers = Schedulers(pipe.scheduler)
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         self.inpainter = Inpainter(pipe)
+        self.inpainting_only = self.inpainter.channels9  # an inpainting checkpoint's U-Net
         for each in (self.pipe, self.img2img):
             each.set_progress_bar_config(disable=True)
         self.device = device
@@ -65,7 +66,7 @@ class UNetFamily:
                 raise InvalidInput(f"{name} must be a multiple of {self.size_multiple}")
         if (params.mode != "text-to-image") != (init_image is not None):
             raise InvalidInput("image-to-image needs an init image, text-to-image none")
-        if self.inpainter.channels9 and params.mode != "inpainting":
+        if self.inpainting_only and params.mode != "inpainting":
             raise InvalidInput("this is an inpainting checkpoint: send init_image and mask_image")
         if params.denoising_steps < 1:
             raise InvalidInput("strength * num_inference_steps must be at least 1")
