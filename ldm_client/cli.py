@@ -30,6 +30,15 @@ def size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def lora(text: str) -> dict[str, Any]:
+    """`name` or `name:0.8` as a request's adapter."""
+    name, sep, scale = text.partition(":")
+    try:
+        return {"name": name, "scale": float(scale)} if sep else {"name": name}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:SCALE, not {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: `ldm [--url URL] generate|status|cancel|models ...`."""
     main = argparse.ArgumentParser(prog="ldm", description=__doc__.split("\n")[0])
@@ -45,6 +54,15 @@ def parser() -> argparse.ArgumentParser:
         help="where to save (.png, .jpg, .webp); with -n 2, out-0.png, out-1.png",
     )
     gen.add_argument("--init-image", type=Path, help="image-to-image from this file")
+    gen.add_argument("--mask", type=Path, help="inpaint: white in this mask is repainted")
+    gen.add_argument(
+        "--lora",
+        type=lora,
+        action="append",
+        dest="loras",
+        metavar="NAME[:SCALE]",
+        help="apply this adapter of the model (repeat to stack them)",
+    )
     gen.add_argument("--strength", type=float, help="how far from the init image (0-1]")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--steps", type=int, dest="num_inference_steps")
@@ -114,12 +132,14 @@ def generate(client: Client, args: argparse.Namespace) -> int:
             "negative_prompt",
             "num_images",
             "model",
+            "loras",
         )
     }
     if args.size:
         options["width"], options["height"] = args.size
     options["output_format"] = FORMATS.get(args.output.suffix.lower(), "png")
-    job_id = client.submit(args.prompt, init_image=args.init_image, **options)["id"]
+    images = {"init_image": args.init_image, "mask_image": args.mask}
+    job_id = client.submit(args.prompt, **images, **options)["id"]
     progress = None
     try:  # from here on, Ctrl-C is about this job
         print(f"job {job_id}", file=sys.stderr, flush=True)

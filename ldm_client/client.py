@@ -39,19 +39,30 @@ def http_options(url: str | None, api_key: str | None, timeout: float) -> dict[s
     return {"base_url": base_url, "headers": headers, "timeout": timeout, "follow_redirects": True}
 
 
-def job_body(prompt: str, init_image: InitImage | None = None, **options: Any) -> dict[str, Any]:
-    """The JSON body of a submit; options left as None take the server's defaults."""
+def _base64(image: InitImage) -> str:
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    elif isinstance(image, bytes):
+        data = image
+    else:
+        data = Path(image).read_bytes()
+    return base64.b64encode(data).decode()
+
+
+def job_body(
+    prompt: str,
+    init_image: InitImage | None = None,
+    mask_image: InitImage | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The JSON body of a submit; options left as None take the server's defaults. Images
+    (init, and the inpainting mask: white repaints) may be PIL images, bytes or paths."""
     body = {"prompt": prompt} | {k: v for k, v in options.items() if v is not None}
-    if init_image is not None:
-        if isinstance(init_image, Image.Image):
-            buffer = io.BytesIO()
-            init_image.save(buffer, format="PNG")
-            data = buffer.getvalue()
-        elif isinstance(init_image, bytes):
-            data = init_image
-        else:
-            data = Path(init_image).read_bytes()
-        body["init_image"] = base64.b64encode(data).decode()
+    for field, image in (("init_image", init_image), ("mask_image", mask_image)):
+        if image is not None:
+            body[field] = _base64(image)
     return body
 
 

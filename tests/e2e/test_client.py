@@ -49,6 +49,16 @@ def test_image_to_image_takes_a_pil_image(client: Client) -> None:
     assert image.size == (96, 96)
 
 
+def test_inpainting_takes_a_mask_and_keeps_what_it_does_not_cover(client: Client) -> None:
+    init = Image.new("RGB", (64, 64), (20, 200, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 64, 32))  # repaint the top half
+    (image,) = client.generate("a circle", init_image=init, mask_image=mask, seed=1,
+                               num_inference_steps=2)  # fmt: skip
+    pixels = np.asarray(image, int)
+    assert (pixels[32:] == (20, 200, 40)).all() and (pixels[:32] != (20, 200, 40)).any()
+
+
 def test_errors_carry_the_problem_fields(client: Client) -> None:
     with pytest.raises(ApiError) as invalid:
         client.submit("a red circle", width=65)
@@ -115,8 +125,16 @@ def test_wait_follows_the_job_live_and_keeps_its_deadline(
 def test_event_stream_lines_make_the_job() -> None:
     events = EventStream()
     lines = [
-        ": ping", "", "id: 1-0", "event: status", 'data: {"status": "running", "progress": null}',
-        "", "id: 2-0", "event: progress", 'data: {"step": 3, "total_steps": 9}', "",
+        ": ping",
+        "",
+        "id: 1-0",
+        "event: status",
+        'data: {"status": "running", "progress": null}',
+        "",
+        "id: 2-0",
+        "event: progress",
+        'data: {"step": 3, "total_steps": 9}',
+        "",
     ]
     jobs = [job for line in lines if (job := events.feed(line)) is not None]
     assert jobs == [
@@ -161,6 +179,10 @@ def test_ldm_generate_saves_each_image(stack: LocalStack, tmp_path: Path) -> Non
 
 def test_ldm_exit_codes(stack: LocalStack, tmp_path: Path) -> None:
     assert ldm(stack, "generate", "x", "--size", "65x64", cwd=tmp_path).returncode == 2
+    assert ldm(stack, "generate", "x", "--lora", "a:big", cwd=tmp_path).returncode == 2
+    # tiny-sd has no adapters: the service's 422 names the field, a bad request (2).
+    unknown = ldm(stack, "generate", "x", "--lora", "nope:0.5", cwd=tmp_path)
+    assert unknown.returncode == 2 and "loras.0.name" in unknown.stderr
     assert ldm(stack, "status", "j_00000000000000000000000000", cwd=tmp_path).returncode == 2
     models = ldm(stack, "models", cwd=tmp_path)
     assert models.returncode == 0 and models.stdout.startswith("tiny-sd (default): 64x64")
