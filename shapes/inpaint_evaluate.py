@@ -165,16 +165,16 @@ def worker_inpainter(model: str, steps: int, guidance: float, prompt: str):
 
 
 def diffusers_pipeline(model: str):
-    """diffusers' own inpainting pipeline for `model` (a folder): the folder's pipeline when
+    """diffusers' own inpainting pipeline for `model` (a name or a folder, as the worker
+    resolves it): the folder's pipeline when
     it is an inpainting one (tiny-shapes-inpaint), else StableDiffusionInpaintPipeline over
     its components (masked latent blending for a 4-channel U-Net)."""
     import torch
     from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline
 
-    from worker.pipeline import SHAPES_WEIGHTS
+    from worker.pipeline import model_source
 
-    folder = SHAPES_WEIGHTS if model == SHAPES_MODEL else Path(model)
-    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe = DiffusionPipeline.from_pretrained(model_source(Settings(model=model, device="cpu")))
     if not isinstance(pipe, StableDiffusionInpaintPipeline):
         pipe = StableDiffusionInpaintPipeline(**pipe.components)
     pipe.set_progress_bar_config(disable=True)
@@ -263,39 +263,46 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument(
-        "--model", default=SHAPES_MODEL, help="tiny-shapes or a folder, e.g. tiny-shapes-inpaint"
+        "--model",
+        default=SHAPES_MODEL,
+        help="a model name the worker knows (tiny-shapes, tiny-shapes-inpaint) or a folder",
     )
     parser.add_argument("--engine", choices=("worker", "diffusers"), default="worker")
-    parser.add_argument("--task", choices=list(TASKS), default="blue-square")
+    parser.add_argument("--task", choices=list(TASKS), nargs="+", default=["blue-square"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--grid", type=Path)
+    parser.add_argument("--grid", type=Path, help="a PNG of 16 samples (shared by the tasks)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results, samples = evaluate(
-        args.count, args.start, args.model, args.engine, args.task, args.steps, args.guidance
-    )
-    summary = {
-        "model": args.model,
-        "engine": args.engine,
-        "task": args.task,
-        "prompt": TASKS[args.task].prompt,
-        "count": len(results),
-        "guidance": args.guidance,
-        **summarise(results, args.task),
-        "seconds": round(time.perf_counter() - started, 1),
-        "misses": [vars(r) for r in results if not r.ok],
-    }
-    print(json.dumps({k: v for k, v in summary.items() if k != "misses"}, indent=2))
+    summaries, shown = [], []
+    for task in args.task:
+        started = time.perf_counter()
+        results, samples = evaluate(
+            args.count, args.start, args.model, args.engine, task, args.steps, args.guidance
+        )
+        summary = {
+            "model": args.model,
+            "engine": args.engine,
+            "task": task,
+            "prompt": TASKS[task].prompt,
+            "count": len(results),
+            "guidance": args.guidance,
+            **summarise(results, task),
+            "seconds": round(time.perf_counter() - started, 1),
+            "misses": [vars(r) for r in results if not r.ok],
+        }
+        print(json.dumps({k: v for k, v in summary.items() if k != "misses"}, indent=2))
+        summaries.append(summary)
+        shown += samples[: 16 // len(args.task)]
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        report = summaries[0] if len(summaries) == 1 else summaries
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.grid:
-        grid(samples[:16], args.grid)
+        grid(shown, args.grid)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,24 @@ def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat(out)
 
 
+def drop_captions(
+    tokens: torch.Tensor, empty_ids: torch.Tensor, rate: float, gen: torch.Generator
+) -> torch.Tensor:
+    """A copy of the batch's token ids with a `rate` share of captions replaced by the empty
+    prompt (classifier-free guidance's unconditional branch)."""
+    tokens = tokens.clone()
+    drop = torch.rand(len(tokens), generator=gen) < rate
+    tokens[drop] = empty_ids
+    return tokens
+
+
+def min_snr_weight(alpha_bar: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): low-noise steps,
+    which teach little about what the picture shows, stop dominating the gradient."""
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(
     unet, text_encoder, latents, ids, empty_ids, steps, batch, lr, drop_rate, log
 ) -> list[float]:
@@ -99,19 +117,13 @@ def train_unet(
     for step in range(steps):
         idx = torch.randint(len(latents), (batch,), generator=gen)
         z0 = latents[idx]
-        tokens = ids[idx].clone()
-        drop = torch.rand(batch, generator=gen) < drop_rate
-        tokens[drop] = empty_ids
+        tokens = drop_captions(ids[idx], empty_ids, drop_rate, gen)
         t = torch.randint(0, len(alphas), (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, text_encoder(tokens)[0]).sample
-        # Min-SNR-5 weighting (Hang et al. 2023): low-noise steps, which teach little about
-        # what the picture shows, stop dominating the gradient.
-        snr = a / (1 - a)
-        weight = snr.clamp(max=5.0) / snr
-        loss = (weight * (pred - noise) ** 2).mean()
+        loss = (min_snr_weight(a) * (pred - noise) ** 2).mean()
         _set_lr(opt, _lr(step, steps, lr))
         opt.zero_grad(set_to_none=True)
         loss.backward()
