@@ -33,7 +33,7 @@ from transformers import CLIPTextModel
 
 from shapes import inpaint_world, models
 from shapes.tokenizer import build_tokenizer
-from shapes.train import _lr, _set_lr, drop_captions, encode_all, min_snr_weight
+from shapes.train import _lr, _set_lr, caption_ids, drop_captions, encode_all, min_snr_weight
 
 BASE = Path("worker/weights/tiny-shapes")
 FROZEN = ("vae", "text_encoder", "tokenizer", "scheduler")
@@ -148,14 +148,7 @@ def main() -> None:
     images_np, masks_np, captions = inpaint_world.dataset(0, args.examples)
     images = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(masks_np)[:, None]
-    tokenizer = build_tokenizer()
-
-    def tok(texts: list[str]) -> torch.Tensor:
-        return tokenizer(
-            texts, padding="max_length", truncation=True, return_tensors="pt"
-        ).input_ids
-
-    ids, empty_ids = tok(captions), tok([""])[0]
+    ids, empty_ids = caption_ids(captions)
     log(f"{len(images)} examples rendered and tokenized")
 
     vae = AutoencoderKL.from_pretrained(args.base / "vae").float().eval().requires_grad_(False)

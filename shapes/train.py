@@ -85,6 +85,19 @@ def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat(out)
 
 
+def caption_ids(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The captions' token ids, padded to the encoder's length, and the empty prompt's (what
+    a dropped caption becomes)."""
+    tokenizer = build_tokenizer()
+
+    def tok(texts: list[str]) -> torch.Tensor:
+        return tokenizer(
+            texts, padding="max_length", truncation=True, return_tensors="pt"
+        ).input_ids
+
+    return tok(captions), tok([""])[0]
+
+
 def drop_captions(
     tokens: torch.Tensor, empty_ids: torch.Tensor, rate: float, gen: torch.Generator
 ) -> torch.Tensor:
@@ -185,13 +198,7 @@ def main() -> None:
     images = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous()
     centres = torch.tensor([(s.cx, s.cy) for s in map(scene, range(args.images))])
     tokenizer = build_tokenizer()
-
-    def tok(texts: list[str]) -> torch.Tensor:
-        return tokenizer(
-            texts, padding="max_length", truncation=True, return_tensors="pt"
-        ).input_ids
-
-    ids, empty_ids = tok(captions), tok([""])[0]
+    ids, empty_ids = caption_ids(captions)
     log(f"{len(images)} scenes rendered and tokenized")
 
     torch.manual_seed(0)

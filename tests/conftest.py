@@ -82,3 +82,15 @@ def s3_settings(settings: Settings, s3_endpoint: str, monkeypatch: pytest.Monkey
             "s3_region": "us-east-1",
         }
     )
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-model tests: their ops are too small to gain from
+    more, and on a busy machine spare threads wait for a taken core and slow every call."""
+    import torch  # only the modules that ask for it need torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(10, gt=0, description="seconds one delivery may take")
     sync_wait_timeout: float = Field(
-        300, gt=0, description="seconds POST /v1/images/generations waits for its job"
+        300, gt=0, description="seconds POST /v1/images/generations (and edits) waits for its job"
     )
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="a worker serves Prometheus metrics on this port"

@@ -9,8 +9,6 @@ tokenizer, guidance not applied -- fails.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -31,13 +29,7 @@ MIN_SHAPE = 0.80
 MIN_GUIDANCE_GAIN = 0.10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One torch thread: the ops are tiny, and spare threads spin on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,14 +59,7 @@ def pair(name: str, served: Any, reference: Any) -> Tiny:
     return Tiny(name, load_family(served, CPU), reference, img2img)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One torch thread, as tests/worker/test_tiny_model.py: the ops are too small to gain from
-    more, and on a busy box threads waiting for a taken core make every call slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")

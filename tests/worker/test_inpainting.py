@@ -4,7 +4,6 @@ inpainting checkpoint's 9-channel U-Net. A job's images equal diffusers' (plus i
 `apply_overlay`) within 2 levels (fp32 CPU, batched sums in another order), alone and batched
 with image-to-image and text-to-image jobs in the same forwards."""
 
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,7 @@ TOLERANCE = 2
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def scene() -> Image.Image:

@@ -36,14 +36,7 @@ def offline() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread: the ops are too small to gain from more, and on a busy box
-    OpenMP threads spin-waiting for a taken core made one 20-step call take over 30 s."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
