@@ -34,6 +34,7 @@ from worker.families.base import (
     seeded,
     split_rows,
 )
+from worker.families.flow_text import FlowTexts
 
 
 def _default(pipe: DiffusionPipeline, argument: str) -> object:
@@ -70,6 +71,7 @@ class FlowFamily(NoAdapters):
         # Equal text lengths across jobs (rows concatenate): always the pipeline's default.
         self.max_sequence_length = int(_default(pipe, "max_sequence_length"))
         self.guidance_embeds = self.flux and bool(self.transformer.config.guidance_embeds)
+        self.texts = FlowTexts(self)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -111,79 +113,8 @@ class FlowFamily(NoAdapters):
 
     def prepare(self, requests: list[EngineRequest]) -> list[JobState]:
         """Encode every newcomer's prompts in one text-encoder call, then set up each job."""
-        conds = self._encode_flux(requests) if self.flux else self._encode_sd3(requests)
+        conds = self.texts.encode(requests)
         return [self._prepare_one(r, c) for r, c in zip(requests, conds, strict=True)]
-
-    def _encode_sd3(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
-        prompts, negatives = [], []
-        for request in requests:
-            params = request.params
-            prompts += [params.prompt] * params.num_images
-            negatives += [params.negative_prompt or ""] * params.num_images
-        cfg = any(self.uses_cfg(request.params) for request in requests)
-        with torch.inference_mode():
-            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                prompt=prompts,
-                prompt_2=None,
-                prompt_3=None,
-                device=self.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg,
-                negative_prompt=negatives,
-                max_sequence_length=self.max_sequence_length,
-            )
-        conds, start = [], 0
-        for request in requests:
-            end = start + request.params.num_images
-            rows = slice(start, end)
-            if self.uses_cfg(request.params):
-                embeds = torch.cat([neg[rows], pos[rows]])
-                text = torch.cat([neg_pooled[rows], pooled[rows]])
-            else:
-                embeds, text = pos[rows], pooled[rows]
-            conds.append({"embeds": embeds, "pooled": text})
-            start = end
-        return conds
-
-    def _encode_flux(self, requests: list[EngineRequest]) -> list[dict[str, torch.Tensor]]:
-        prompts, negatives = [], []
-        for request in requests:
-            params = request.params
-            prompts += [params.prompt] * params.num_images
-            if self.uses_cfg(params):
-                negatives += [params.negative_prompt] * params.num_images
-        with torch.inference_mode():
-            pos, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompts,
-                device=self.device,
-                num_images_per_prompt=1,
-                max_sequence_length=self.max_sequence_length,
-            )
-            if negatives:
-                neg, neg_pooled, _ = self.pipe.encode_prompt(
-                    prompt=negatives,
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    max_sequence_length=self.max_sequence_length,
-                )
-        conds, start, neg_start = [], 0, 0
-        for request in requests:
-            n = request.params.num_images
-            embeds, text = pos[start : start + n], pooled[start : start + n]
-            if self.uses_cfg(request.params):
-                negative = slice(neg_start, neg_start + n)
-                embeds = torch.cat([neg[negative], embeds])
-                text = torch.cat([neg_pooled[negative], text])
-                neg_start += n
-            cond = {"embeds": embeds, "pooled": text}
-            if self.guidance_embeds:
-                # As the pipeline: float32, one per row, unconditional rows alike.
-                scale = request.params.guidance_scale
-                guidance = torch.full([embeds.shape[0]], scale, dtype=torch.float32)
-                cond["guidance"] = guidance.to(self.device)
-            conds.append(cond)
-            start += n
-        return conds
 
     def _shift(self, scheduler: Any, image_seq_len: int, max_shift: float) -> float:
         """The resolution-dependent shift `mu`, with the pipelines' own config defaults."""
@@ -271,24 +202,8 @@ class FlowFamily(NoAdapters):
             # txt_ids / img_ids are shared across a forward's rows: one size per group.
             group=(self.name, params.height, params.width),
             extra=extra,
-            warnings=self._prompt_warnings(params),
+            warnings=self.texts.warnings(params),
         )
-
-    def _prompt_warnings(self, params: JobParams) -> list[str]:
-        encoders = [(self.pipe.tokenizer, self.pipe.tokenizer.model_max_length, "CLIP")]
-        t5 = self.pipe.tokenizer_2 if self.flux else self.pipe.tokenizer_3
-        if t5 is not None:
-            encoders.append((t5, self.max_sequence_length, "T5"))
-        warnings = []
-        for field in ("prompt", "negative_prompt"):
-            text = getattr(params, field)
-            for tokenizer, limit, kind in encoders:
-                if text and len(tokenizer(text).input_ids) > limit:
-                    warnings.append(
-                        f"{field} is longer than the {kind} text encoder's {limit} tokens; "
-                        f"{kind} ignored the rest"
-                    )
-        return warnings
 
     def forward(self, states: list[JobState]) -> list[torch.Tensor]:
         inputs, timesteps = [], []
