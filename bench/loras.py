@@ -7,8 +7,9 @@ random rank-8 adapters on every attention projection of the U-Net and text encod
 round times three runs of the same burst (all jobs submitted at once), in turn:
 
 - base: no job has an adapter;
-- mixed: each job a random stack of 0..2 of the adapters at random scales, one engine, so
-  jobs with different stacks share forwards (what ldm-serve does);
+- mixed: each job a random stack of 0..2 of the adapters (scale 1: a server that splits by
+  adapter would not also split by scale), one engine, so jobs with different stacks share
+  forwards (what ldm-serve does);
 - split: the same jobs run as one batch per distinct stack, one after the other (what a
   server that batches only requests with the same adapter can do at best).
 
