@@ -14,7 +14,7 @@ from PIL import Image
 
 from scripts.stack import LocalStack
 from shapes.classify import classify
-from shapes.inpaint_evaluate import PROMPT, red_circle, right_half_mask
+from shapes.inpaint_tasks import PROMPT, red_circle, right_half_mask
 
 SEEDS = range(8)
 
