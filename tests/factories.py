@@ -72,3 +72,12 @@ def max_diff(a: Image.Image, b: Image.Image) -> int:
     pa = np.asarray(a.convert("RGB"), dtype=np.int16)
     pb = np.asarray(b.convert("RGB"), dtype=np.int16)
     return int(np.abs(pa - pb).max())
+
+
+def max_difference(ours: Sequence[Image.Image], theirs: Sequence[Image.Image]) -> int:
+    """The largest pixel difference (8-bit levels) between two lists of images, pairwise."""
+    assert len(ours) == len(theirs)
+    return max(
+        int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+        for a, b in zip(ours, theirs, strict=True)
+    )

@@ -11,7 +11,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
@@ -20,7 +19,7 @@ from PIL import Image, ImageDraw
 from app.core.jobs import JobParams
 from app.core.models import model_spec
 from app.core.settings import Settings
-from tests.factories import make_params
+from tests.factories import make_params, max_difference
 from worker.engine.loop import Engine
 from worker.engine.schedulers import make_scheduler
 from worker.engine.state import EngineRequest, Outcome
@@ -116,14 +115,6 @@ def reference(
     scheduler = make_scheduler(params.scheduler, model.text2img.scheduler)
     with scheduler_of(pipe, scheduler), rows_of(denoiser(pipe)) as rows:
         return pipe(**kwargs).images, rows
-
-
-def max_difference(ours: list[Image.Image], theirs: list[Image.Image]) -> int:
-    assert len(ours) == len(theirs)
-    return max(
-        int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-        for a, b in zip(ours, theirs, strict=True)
-    )
 
 
 @contextmanager

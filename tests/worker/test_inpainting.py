@@ -20,7 +20,7 @@ from diffusers import (
 from PIL import Image, ImageDraw
 
 from app.core.jobs import JobParams
-from tests.factories import make_params
+from tests.factories import make_params, max_difference
 from worker.engine.loop import Engine
 from worker.engine.schedulers import make_scheduler
 from worker.engine.state import EngineRequest, Outcome
@@ -120,13 +120,6 @@ def engine_run(pipe: Any, jobs: dict[str, JobParams], wait: int = 0) -> dict[str
     return by_id
 
 
-def difference(ours: list[Image.Image], theirs: list[Image.Image]) -> int:
-    return max(
-        int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-        for a, b in zip(ours, theirs, strict=True)
-    )
-
-
 @pytest.mark.parametrize(
     ("model", "scheduler", "strength"),
     [
@@ -145,8 +138,7 @@ def test_an_inpainting_job_alone_equals_diffusers(
     params = inpaint(make_params(model=model, scheduler=scheduler), strength=strength)
     outcome = engine_run(served, {"job": params})["job"]
     theirs = reference(ref, params, right_half())
-    print(model, scheduler, strength, "max pixel difference", difference(outcome.images, theirs))
-    assert difference(outcome.images, theirs) <= TOLERANCE
+    assert max_difference(outcome.images, theirs) <= TOLERANCE
     # Outside the mask the init image's own pixels, exactly.
     init = np.asarray(scene().resize((64, 64), Image.Resampling.LANCZOS), np.int16)
     for image in outcome.images:
@@ -179,9 +171,9 @@ def test_inpainting_batches_with_other_jobs_and_each_gets_its_own_images(pipes: 
     assert max(forwards) == 4  # all four shared forwards
     for job_id, params in jobs.items():
         alone = engine_run(ref, {job_id: params})[job_id]
-        assert difference(by_id[job_id].images, alone.images) <= TOLERANCE, job_id
+        assert max_difference(by_id[job_id].images, alone.images) <= TOLERANCE, job_id
     theirs = reference(ref, jobs["inpaint-late"], right_half())
-    assert difference(by_id["inpaint-late"].images, theirs) <= TOLERANCE
+    assert max_difference(by_id["inpaint-late"].images, theirs) <= TOLERANCE
 
 
 def test_an_inpainting_checkpoint_refuses_jobs_without_a_mask(pipes: Any) -> None:

@@ -9,13 +9,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
 
 from app.core.jobs import JobParams, LoraUse
-from tests.factories import make_params
+from tests.factories import make_params, max_difference
 from tests.worker.lora_files import (
     KOHYA_SD,
     diffusers_file,
@@ -88,13 +87,6 @@ def diffusers_images(setup: dict[str, Any], params: JobParams) -> list:
     ).images
 
 
-def difference(ours: list, theirs: list) -> int:
-    return max(
-        int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-        for a, b in zip(ours, theirs, strict=True)
-    )
-
-
 def run(engine: Engine, jobs: dict[str, JobParams], late: dict[str, JobParams]) -> dict:
     outcomes: list[Outcome] = []
     for job_id, params in jobs.items():
@@ -135,10 +127,10 @@ def test_jobs_with_different_stacks_share_forwards_and_each_equals_diffusers(
     for job_id, params in (jobs | late).items():
         assert outcomes[job_id].ok, outcomes[job_id].error
         theirs = diffusers_images(setup, params)
-        assert difference(outcomes[job_id].images, theirs) <= TOLERANCE, job_id
+        assert max_difference(outcomes[job_id].images, theirs) <= TOLERANCE, job_id
     # The adapters do change the pictures (by far more than the tolerance).
     plain = diffusers_images(setup, jobs["style"].model_copy(update={"loras": ()}))
-    assert difference(outcomes["style"].images, plain) > 20
+    assert max_difference(outcomes["style"].images, plain) > 20
 
 
 def test_a_job_waiting_for_its_adapter_holds_up_no_other(
@@ -194,4 +186,4 @@ def test_adapters_of_a_text_encoder_key_the_prompt_cache(setup: dict[str, Any]) 
     keys = list(family.texts.prompts._kept)
     assert {key[0] for key in keys} == {params.prompt, ""}
     assert len({key for key in keys if key[0] == params.prompt}) == 2
-    assert difference(outcomes["lora"].images, diffusers_images(setup, params)) <= TOLERANCE
+    assert max_difference(outcomes["lora"].images, diffusers_images(setup, params)) <= TOLERANCE
