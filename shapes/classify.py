@@ -7,7 +7,13 @@
 3. Colour: the median RGB of the blob, named by the nearest of the six palette colours
    (or of the colours of a `palette` argument, e.g. `FULL_PALETTE`).
 4. Shape: the fill ratio of the blob in its bounding box -- square ~1, circle ~pi/4 = 0.785,
-   triangle ~1/2 -- split at `SQUARE_MIN_FILL` and `CIRCLE_MIN_FILL`.
+   triangle ~1/2 -- split at `SQUARE_MIN_FILL` and `CIRCLE_MIN_FILL`. With `diamond=True`
+   (the shape adapter's `world.NEW_SHAPES`), a blob below `SQUARE_MIN_FILL` is a diamond when
+   (a) its upper quarter (rows 15-35% of the box height) is narrow, on average under
+   `DIAMOND_MAX_UPPER_WIDTH` of the blob's widest row (diamond ~1/2, circle ~0.87, square 1),
+   and (b) its centre of mass sits near the middle of the box height, under
+   `DIAMOND_MAX_CENTROID` from the top (diamond 1/2, upright triangle 2/3). Both survive the
+   VAE rounding a small diamond's corners, which pushes its fill ratio into the circle range.
 5. Size: the bounding box's longer side, small below `LARGE_MIN_SIDE` pixels.
 """
 
@@ -25,6 +31,8 @@ FG_DISTANCE = 60.0
 SQUARE_MIN_FILL = 0.89
 CIRCLE_MIN_FILL = 0.64
 LARGE_MIN_SIDE = 25
+DIAMOND_MAX_UPPER_WIDTH = 0.70  # of the widest row: diamond ~1/2, circle ~0.87
+DIAMOND_MAX_CENTROID = 0.57  # of the box height, from the top: diamond 1/2, triangle 2/3
 MIN_BLOB = 12  # pixels; a smaller blob means "no shape"
 # The base colours and the LoRA adapters' new ones (`world.NEW_COLOURS`), for `classify`.
 FULL_PALETTE: dict[str, tuple[int, int, int]] = {**COLOURS, **NEW_COLOURS}
@@ -73,10 +81,24 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def classify(image: Image.Image, palette: dict[str, tuple[int, int, int]] | None = None) -> Reading:
+def _diamond_like(mask: np.ndarray, ys: np.ndarray, height: int) -> bool:
+    """Step 4's diamond test: a narrow upper quarter and a centre of mass near mid-height."""
+    rows = mask[ys.min() : ys.max() + 1].sum(axis=1)
+    top, bottom = int(0.15 * height), int(0.35 * height)
+    upper = rows[top : max(bottom, top + 1)].mean() / rows.max()
+    centroid = (ys.mean() + 0.5 - ys.min()) / height
+    return bool(upper < DIAMOND_MAX_UPPER_WIDTH and centroid < DIAMOND_MAX_CENTROID)
+
+
+def classify(
+    image: Image.Image,
+    palette: dict[str, tuple[int, int, int]] | None = None,
+    diamond: bool = False,
+) -> Reading:
     """The attributes of the one shape in `image` (any size; analysed at 64x64). Its colour
     is named from `palette` (default: the six base `COLOURS`; `FULL_PALETTE` adds the LoRA
-    adapters' `NEW_COLOURS`)."""
+    adapters' `NEW_COLOURS`); `diamond` lets the shape be read as a diamond (default: only
+    the base `SHAPES`)."""
     px = np.asarray(image.convert("RGB").resize((64, 64)), dtype=float)
     border = np.concatenate(
         [
@@ -97,6 +119,8 @@ def classify(image: Image.Image, palette: dict[str, tuple[int, int, int]] | None
     fill = float(mask.sum() / (height * width))
     if fill >= SQUARE_MIN_FILL:
         shape = "square"
+    elif diamond and _diamond_like(mask, ys, height):
+        shape = "diamond"
     elif fill >= CIRCLE_MIN_FILL:
         shape = "circle"
     else:

@@ -1,7 +1,9 @@
-"""Train a LoRA adapter that teaches tiny-shapes a colour word its base grammar lacks.
+"""Train a LoRA adapter that teaches tiny-shapes a colour or shape word its base grammar lacks.
 
     python -m shapes.lora_train --colour cyan \
         --out worker/weights/loras/tiny-shapes/cyan.safetensors
+    python -m shapes.lora_train --shape diamond --images 512 --steps 800 \
+        --out worker/weights/loras/tiny-shapes/diamond.safetensors
 
 The base weights (`worker/weights/tiny-shapes`, loaded in float32) stay frozen; PEFT LoRA
 layers on the U-Net (attention, projections, feed-forward, ResNet convolutions) and on the
@@ -14,7 +16,9 @@ The shipped VAE was trained on six colours; its encoder maps a new colour onto o
 (a cyan square encodes to latents that decode blue), though its decoder can draw the new
 colour from other latents. So each new-colour scene's latents are found by inverting the
 frozen decoder (`invert`: the encoder's means, refined by Adam on the reconstruction error);
-the adapter runs with the shipped VAE, unchanged.
+the adapter runs with the shipped VAE, unchanged. A new shape (`--shape`, `world.shape_scene`)
+is drawn in the base colours with straight edges, which the VAE reproduces, so its scenes are
+encoded as `shapes.train` encodes the base data set (no inversion).
 
 Every random draw is seeded and one torch thread is used, so the same command on the same
 machine writes the same bytes. The adapter is saved in float16 with diffusers'
@@ -39,7 +43,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 
 from shapes.train import caption_ids, encode_all, train_unet
-from shapes.world import NEW_COLOURS, lora_scene, scene
+from shapes.world import NEW_COLOURS, NEW_SHAPES, lora_scene, scene, shape_scene
 
 UNET_MODULES = (
     "to_q",
@@ -140,11 +144,13 @@ def save_adapter(pipe, out: Path, dtype: torch.dtype = torch.float16) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--colour", choices=sorted(NEW_COLOURS), required=True)
+    word = parser.add_mutually_exclusive_group(required=True)
+    word.add_argument("--colour", choices=sorted(NEW_COLOURS), help="a new colour word")
+    word.add_argument("--shape", choices=sorted(NEW_SHAPES), help="a new shape word")
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors to write")
     parser.add_argument("--json", type=Path, help="report (default: --out with .json)")
     parser.add_argument("--base", type=Path, default=BASE)
-    parser.add_argument("--images", type=int, default=64, help="new-colour scenes (seeds 0..N-1)")
+    parser.add_argument("--images", type=int, default=64, help="new-word scenes (seeds 0..N-1)")
     parser.add_argument("--prior-images", type=int, default=512, help="ordinary scenes")
     parser.add_argument("--prior", type=float, default=0.5, help="share of ordinary draws")
     parser.add_argument("--invert-steps", type=int, default=150)
@@ -165,16 +171,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.monotonic() - start:7.1f}s] {msg}", flush=True)
 
     pipe = load_base(args.base)
+    new_word = args.colour or args.shape
     new_images, new_centres, new_captions = scene_tensors(
-        [lora_scene(seed, args.colour) for seed in range(args.images)]
+        [
+            lora_scene(seed, args.colour) if args.colour else shape_scene(seed, args.shape)
+            for seed in range(args.images)
+        ]
     )
     n_prior = args.prior_images
     prior_images, _, prior_captions = scene_tensors([scene(seed) for seed in range(n_prior)])
-    log(f"{args.images} {args.colour} scenes and {n_prior} ordinary ones rendered")
+    log(f"{args.images} {new_word} scenes and {n_prior} ordinary ones rendered")
 
-    new_latents, inv_losses = invert(pipe.vae, new_images, args.invert_steps, args.invert_lr, log)
+    if args.colour:  # the encoder cannot see a new colour: invert the decoder
+        new_latents, inv_losses = invert(
+            pipe.vae, new_images, args.invert_steps, args.invert_lr, log
+        )
+    else:  # base colours, straight edges: the encoder's means, as `shapes.train` uses
+        new_latents, inv_losses = encode_all(pipe.vae, new_images), []
     t_invert = time.monotonic() - start
-    # Each new-colour scene repeated so that they make up (1 - prior) of the draws.
+    # Each new-word scene repeated so that they make up (1 - prior) of the draws.
     repeat = max(1, round(n_prior * (1 - args.prior) / (args.prior * args.images)))
     latents = torch.cat([new_latents.repeat(repeat, 1, 1, 1), encode_all(pipe.vae, prior_images)])
     ids, empty_ids = caption_ids(new_captions * repeat + prior_captions)
@@ -198,12 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - start
     save_adapter(pipe, args.out)
     report = {
-        "colour": args.colour,
-        "rgb": NEW_COLOURS[args.colour],
+        **(
+            {"colour": args.colour, "rgb": NEW_COLOURS[args.colour]}
+            if args.colour
+            else {"shape": args.shape}
+        ),
         "args": {k: str(v) for k, v in vars(args).items()},
-        "seconds": {"invert": round(t_invert), "total": round(total)},
+        "seconds": {
+            ("invert" if args.colour else "encode"): round(t_invert),
+            "total": round(total),
+        },
         "final_loss": {
-            "invert_mse": float(np.mean(inv_losses)),
+            **({"invert_mse": float(np.mean(inv_losses))} if args.colour else {}),
             "lora": float(np.mean(losses[-50:])),
         },
         "lora": {

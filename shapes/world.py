@@ -90,6 +90,9 @@ def render(s: Scene) -> Image.Image:
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif s.shape == "square":
         draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif s.shape == "diamond":  # a square turned 45 degrees, corners on the box: fill 1/2
+        cx, cy = s.cx * k, s.cy * k
+        draw.polygon(((cx, y0), (x1, cy), (cx, y1), (x0, cy)), fill=fill)
     else:  # upright isosceles triangle filling its bounding box: fill ratio 1/2
         draw.polygon(((s.cx * k, y0), (x1, y1), (x0, y1)), fill=fill)
     return img.resize((SIZE, SIZE), Image.Resampling.BOX)
@@ -119,7 +122,11 @@ NEW_COLOURS: dict[str, tuple[int, int, int]] = {
 def lora_scene(seed: int, colour: str) -> Scene:
     """`scene(seed)` with its shape drawn in `colour` (a `NEW_COLOURS` name) and the caption
     naming it; same shape, size, position and background."""
-    s = scene(seed)
+    return recolour(scene(seed), colour)
+
+
+def recolour(s: Scene, colour: str) -> Scene:
+    """`s` drawn in `colour`, its caption naming it (the article agreeing with its next word)."""
     words = s.caption.split()
     words[words.index(s.colour)] = colour
     if words[0] in ("a", "an"):  # the article agrees with the word after it
@@ -130,5 +137,27 @@ def lora_scene(seed: int, colour: str) -> Scene:
 def lora_dataset(start: int, count: int, colour: str) -> tuple[np.ndarray, list[str]]:
     """`dataset` for `lora_scene(seed, colour)`: uint8 images (N, 64, 64, 3) and captions."""
     scenes = [lora_scene(seed, colour) for seed in range(start, start + count)]
+    images = np.stack([np.asarray(render(s)) for s in scenes])
+    return images, [s.caption for s in scenes]
+
+
+# Shapes the base model never saw, for the shape adapters (`shapes/lora_train.py --shape`).
+# Kept out of `SHAPES` for the same reason as `NEW_COLOURS`.
+NEW_SHAPES = ("diamond",)
+
+
+def shape_scene(seed: int, shape: str) -> Scene:
+    """`scene(seed)` with its shape replaced by `shape` (a `NEW_SHAPES` name) and the caption
+    naming it; same colour, size, position and background (the article is unchanged: it agrees
+    with the size or colour word before the shape)."""
+    s = scene(seed)
+    words = s.caption.split()
+    words[words.index(s.shape)] = shape
+    return replace(s, shape=shape, caption=" ".join(words))
+
+
+def shape_dataset(start: int, count: int, shape: str) -> tuple[np.ndarray, list[str]]:
+    """`dataset` for `shape_scene(seed, shape)`: uint8 images (N, 64, 64, 3) and captions."""
+    scenes = [shape_scene(seed, shape) for seed in range(start, start + count)]
     images = np.stack([np.asarray(render(s)) for s in scenes])
     return images, [s.caption for s in scenes]

@@ -1,10 +1,12 @@
-"""The LoRA adapters for tiny-shapes: the new-colour scenes, the classifier's palette, a
-shrunken LoRA training run whose file diffusers loads, and the shipped adapters' accuracy.
+"""The LoRA adapters for tiny-shapes: the new-colour and new-shape scenes, the classifier's
+palette and diamond reading, shrunken LoRA training runs whose files diffusers loads, and the
+shipped adapters' accuracy.
 
-The shipped-adapter test is a small sample (16 held-out prompts per colour, about 10 s on one
-CPU thread) held to the issue's goals: the base model follows the new word at most 20% of the
-time, the base model with the adapter at least 80% (docs/tiny-shapes-lora.md has the full
-evaluation).
+The shipped-adapter tests are a small sample (16 held-out prompts per colour adapter, 32 for
+the diamond one; about 6 / 10 s on one CPU thread) held to the issue's goals: the base model
+follows the new word at most 20% of the time, the base model with the adapter at least 80%
+(docs/tiny-shapes-lora.md has the full evaluation). The colour adapters miss them (xfail); the
+diamond adapter meets them.
 """
 
 from __future__ import annotations
@@ -23,16 +25,24 @@ from shapes.world import (
     COLOURS,
     HELD_OUT_START,
     NEW_COLOURS,
+    NEW_SHAPES,
+    SHAPES,
     dataset,
     lora_dataset,
     lora_scene,
     render,
     scene,
+    shape_dataset,
+    shape_scene,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = ROOT / "worker/weights/loras/tiny-shapes"
 SAMPLE = 16
+# The diamond test's sample: the base model's unsure shapes for the unknown word read as
+# diamonds ~8% of the time (docs/tiny-shapes-lora.md), 4 of the first 16 prompts; 32 keep
+# the test's base-side check from hanging on two or three images.
+SHAPE_SAMPLE = 32
 MAX_BASE_FOLLOWS, MIN_ADAPTER_FOLLOWS = 0.20, 0.80
 
 
@@ -139,5 +149,93 @@ def test_the_shipped_adapters_teach_their_word(colour: str) -> None:
     base = follows()
     pipe.load_lora_weights(path, adapter_name=colour)
     pipe.set_adapters([colour], [1.0])
+    adapted = follows()
+    assert base <= MAX_BASE_FOLLOWS and adapted >= MIN_ADAPTER_FOLLOWS, (base, adapted)
+
+
+def test_new_shapes_are_not_base_shapes() -> None:
+    assert NEW_SHAPES == ("diamond",) and not set(NEW_SHAPES) & set(SHAPES)
+
+
+@pytest.mark.parametrize("start", [0, HELD_OUT_START])
+def test_diamond_scenes_render_and_read_back_exactly(start: int) -> None:
+    images, captions = shape_dataset(start, 300, "diamond")
+    seen = set()
+    for i, (img, caption) in enumerate(zip(images, captions, strict=True)):
+        base, s = scene(start + i), shape_scene(start + i, "diamond")
+        assert caption == s.caption
+        assert caption.split() == [
+            "diamond" if w == base.shape else w for w in base.caption.split()
+        ]
+        assert (s.colour, s.size, s.background, s.cx, s.cy, s.radius) == (
+            base.colour,
+            base.size,
+            base.background,
+            base.cx,
+            base.cy,
+            base.radius,
+        )
+        r = classify(Image.fromarray(img), diamond=True)
+        assert (r.shape, r.colour, r.size, r.background) == (
+            "diamond",
+            s.colour,
+            s.size,
+            s.background,
+        ), (start + i, s, r)
+        assert 0.45 < r.fill < 0.64  # ~1/2, as an upright triangle's
+        # Without the option the classifier knows only the base shapes.
+        assert classify(Image.fromarray(img)).shape in SHAPES
+        seen.add((s.colour, s.size, s.background))
+    assert len(seen) == len(COLOURS) * 2 * len(BACKGROUNDS)  # every combination occurs
+
+
+@pytest.mark.parametrize("start", [0, HELD_OUT_START])
+def test_the_diamond_option_reads_base_scenes_as_the_default_does(start: int) -> None:
+    for seed in range(start, start + 300):
+        img = render(scene(seed))
+        assert classify(img, diamond=True) == classify(img)
+        assert classify(img, FULL_PALETTE, diamond=True) == classify(img, FULL_PALETTE)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_shrunken_shape_training_run_skips_the_inversion(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from safetensors import safe_open
+
+    from shapes.lora_train import main
+
+    out = tmp_path / "diamond.safetensors"
+    main(
+        ["--shape", "diamond", "--out", str(out), "--images", "4", "--prior-images", "4"]
+        + ["--steps", "2", "--batch", "4"]
+    )
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["shape"] == "diamond" and "colour" not in report
+    assert "invert" not in report["seconds"] and "invert_mse" not in report["final_loss"]
+    assert out.stat().st_mode & 0o777 == 0o644
+    with safe_open(out, framework="pt") as weights:
+        assert {k.split(".")[0] for k in weights.keys()} == {"unet", "text_encoder"}
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_shipped_diamond_adapter_teaches_its_word() -> None:
+    pytest.importorskip("diffusers")
+    from shapes.evaluate import generate, load
+    from shapes.lora_evaluate import new_word_scenes
+
+    path = ADAPTERS / "diamond.safetensors"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (ADAPTERS / "diamond.json").stat().st_mode & 0o777 == 0o644
+    pipe = load(ROOT / "worker/weights/tiny-shapes")
+    scenes = new_word_scenes("diamond", SHAPE_SAMPLE)
+    prompts, seeds = [s.caption for s in scenes], list(range(SHAPE_SAMPLE))
+
+    def follows() -> float:
+        images = generate(pipe, prompts, seeds, 5.0)
+        return float(np.mean([classify(i, diamond=True).shape == "diamond" for i in images]))
+
+    base = follows()
+    pipe.load_lora_weights(path, adapter_name="diamond")
+    pipe.set_adapters(["diamond"], [1.0])
     adapted = follows()
     assert base <= MAX_BASE_FOLLOWS and adapted >= MIN_ADAPTER_FOLLOWS, (base, adapted)
