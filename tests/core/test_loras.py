@@ -77,5 +77,5 @@ def test_an_s3_prefix_is_listed_and_copied_locally(s3_settings: Settings, tmp_pa
 
 def test_the_shipped_tiny_shapes_adapters_are_listed() -> None:
     adapters = Registry(None).adapters("tiny-shapes")
-    assert {"cyan", "pink"} <= set(adapters)
+    assert {"diamond", "cyan", "pink"} <= set(adapters)
     assert all(a.path.is_relative_to(SHIPPED) for a in adapters.values())

@@ -13,16 +13,16 @@ from PIL import Image
 
 from app.core.loras import Registry
 from scripts.stack import LocalStack
-from shapes.classify import FULL_PALETTE, classify
+from shapes.classify import classify
 
-CYAN = {"name": "cyan", "scale": 1.0}
+DIAMOND = {"name": "diamond", "scale": 1.0}
 PINK = {"name": "pink", "scale": 1.0}
 JOBS = {
-    "base": {"prompt": "a large cyan circle", "seed": 3},
-    "cyan": {"prompt": "a large cyan circle", "seed": 3, "loras": [CYAN]},
+    "base": {"prompt": "a large red diamond", "seed": 1},
+    "diamond": {"prompt": "a large red diamond", "seed": 1, "loras": [DIAMOND]},
     "pink": {"prompt": "a large pink square", "seed": 4, "loras": [PINK]},
-    "both": {"prompt": "a large pink triangle", "seed": 5, "loras": [CYAN, PINK]},
-    "half": {"prompt": "a large cyan square", "seed": 6, "loras": [CYAN | {"scale": 0.5}]},
+    "both": {"prompt": "a large blue diamond", "seed": 5, "loras": [DIAMOND, PINK]},
+    "half": {"prompt": "a large green diamond", "seed": 6, "loras": [DIAMOND | {"scale": 0.5}]},
 }
 
 
@@ -48,7 +48,7 @@ def test_models_list_the_shipped_adapters(shapes_stack: LocalStack) -> None:
     listed = {a["name"]: a["sha256"] for a in model["loras"]}
     shipped = Registry(None).adapters("tiny-shapes")
     assert listed == {name: a.sha256 for name, a in shipped.items()}
-    assert {"cyan", "pink"} <= set(listed)
+    assert {"diamond", "cyan", "pink"} <= set(listed)
 
 
 def test_a_mixed_burst_gives_each_job_its_images_alone(shapes_stack: LocalStack) -> None:
@@ -63,10 +63,9 @@ def test_a_mixed_burst_gives_each_job_its_images_alone(shapes_stack: LocalStack)
         alone = picture(shapes_stack, shapes_stack.submit(body))
         difference = np.abs(np.asarray(alone, int) - np.asarray(images[name], int)).max()
         assert difference <= 2, (name, difference)
-    # The adapter is what draws the new colour; the base model, without it, does not.
-    assert classify(images["cyan"], FULL_PALETTE).colour == "cyan"
-    assert classify(images["base"], FULL_PALETTE).colour != "cyan"
-    assert classify(images["pink"], FULL_PALETTE).colour == "pink"
+    # The adapter is what draws the new shape; the base model, without it, does not.
+    assert classify(images["diamond"], diamond=True).shape == "diamond"
+    assert classify(images["base"], diamond=True).shape != "diamond"
 
 
 def test_an_unknown_adapter_is_a_422_naming_it(shapes_stack: LocalStack) -> None:
@@ -75,4 +74,4 @@ def test_an_unknown_adapter_is_a_422_naming_it(shapes_stack: LocalStack) -> None
     )
     assert response.status_code == 422
     (error,) = response.json()["errors"]
-    assert error["field"] == "body.loras.0.name" and "cyan" in error["message"]
+    assert error["field"] == "body.loras.0.name" and "diamond" in error["message"]
