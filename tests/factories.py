@@ -59,9 +59,11 @@ def cancel_at_step(
     store.report_progress = report  # type: ignore[method-assign]
 
 
-def stored_image(storage: Storage, job_id: str, index: int = 0, fmt: str = "png") -> Image.Image:
-    """Image `index` of a job, as the worker stored it."""
-    image = Image.open(io.BytesIO(storage.get(image_key(job_id, index, fmt))))
+def stored_image(
+    storage: Storage, job_id: str, index: int = 0, fmt: str = "png", attempt: int = 1
+) -> Image.Image:
+    """Image `index` of a job (its `attempt`), as the worker stored it."""
+    image = Image.open(io.BytesIO(storage.get(image_key(job_id, index, fmt, attempt=attempt))))
     image.load()
     return image
 

@@ -9,6 +9,8 @@ from app.core.workers import BEAT_EVERY_S, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 1.0
+
 
 class Heartbeat:
     """Beats for (model, worker) until stopped; leaves the registry when stopped."""
@@ -38,8 +40,12 @@ class Heartbeat:
             log.warning("could not leave the worker registry; it forgets us in a minute")
 
     def _run(self) -> None:
-        while not self._stop.wait(BEAT_EVERY_S):
+        wait = BEAT_EVERY_S
+        while not self._stop.wait(wait):
             try:
                 self.registry.beat(self.model, self.worker)
+                wait = BEAT_EVERY_S
             except RedisError:
-                log.warning("heartbeat failed; retrying in %s s", BEAT_EVERY_S)
+                # Beat again as soon as Redis is back: silence after an outage counts.
+                wait = RETRY_S
+                log.warning("heartbeat failed; retrying in %s s", RETRY_S)

@@ -33,6 +33,7 @@ class Task:
     init_image: Image.Image | None = None
     mask: Image.Image | None = None  # inpainting: white repaints
     rq_id: str = ""
+    attempt: int = 1  # which run of the job this is: only the owning attempt publishes
     timeout: float | None = None
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)  # when the worker claimed it
@@ -71,20 +72,24 @@ class Outcomes:
         self.service_rate = service_rate
         self.metrics = metrics or WorkerMetrics("")
 
-    def fail(self, job_id: str, code: str, message: str, worker: str) -> None:
-        """Fail the job if it is still running on `worker` (a no-op once it has ended)."""
+    def fail(
+        self, job_id: str, code: str, message: str, worker: str, attempt: int | None = None
+    ) -> None:
+        """Fail the job if it is still running on `worker` (and `attempt`); a no-op once it
+        has ended or runs again."""
         try:
-            if durably(self.store.fail, job_id, JobError(code=code, message=message), worker):
+            error = JobError(code=code, message=message)
+            if durably(self.store.fail, job_id, error, worker, attempt):
                 log.warning("job %s failed: %s", job_id, code)
                 self.metrics.job_ended(job_id, JobStatus.FAILED)
         except RedisError:
             # RQ's failure callback tries again for the job RQ gave us.
             log.exception("could not record the failure of job %s", job_id)
 
-    def cancel(self, job_id: str, worker: str) -> None:
+    def cancel(self, job_id: str, worker: str, attempt: int | None = None) -> None:
         """The job stopped at a step boundary on request: canceled (if still ours)."""
         try:
-            if durably(self.store.mark_canceled, job_id, worker):
+            if durably(self.store.mark_canceled, job_id, worker, attempt):
                 log.info("job %s canceled", job_id)
                 self.metrics.job_ended(job_id, JobStatus.CANCELED)
         except RedisError:
@@ -98,14 +103,17 @@ class Outcomes:
             token = bind(job_id=task.job_id)
             try:
                 infos = self._store_images(task, images)
-                if durably(self.store.succeed, task.job_id, infos, worker, task.warnings):
+                published = durably(
+                    self.store.succeed, task.job_id, infos, worker, task.warnings, task.attempt
+                )
+                if published:
                     self.metrics.job_ended(task.job_id, JobStatus.SUCCEEDED)
                     task.step_s = (time.monotonic() - task.started) / task.params.denoising_steps
                 else:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
             except Exception:
                 log.exception("could not store the images of job %s", task.job_id)
-                self.fail(task.job_id, "internal", STORE_FAILED, worker)
+                self.fail(task.job_id, "internal", STORE_FAILED, worker, task.attempt)
                 failed.add(task.job_id)
             finally:
                 self._drop_init_image(task, worker)
@@ -127,7 +135,7 @@ class Outcomes:
                 "image-to-image": [init_image_key(task.job_id)],
                 "inpainting": [init_image_key(task.job_id), mask_image_key(task.job_id)],
             }.get(task.params.mode, [])
-            if inputs and self._still_ours(task.job_id, worker):
+            if inputs and self._still_ours(task, worker):
                 for key in inputs:
                     self.storage.delete(key)
         except Exception:
@@ -148,9 +156,9 @@ class Outcomes:
             except RedisError:
                 log.warning("could not count %d finished jobs", len(job_ids))
 
-    def _still_ours(self, job_id: str, worker: str) -> bool:
+    def _still_ours(self, task: Task, worker: str) -> bool:
         try:
-            return self.store.worker_of(job_id) in (worker, None)
+            return self.store.owner_of(task.job_id) in ((worker, task.attempt), None)
         except RedisError:
             return False  # keep the file; result expiry removes it later
 
@@ -160,7 +168,7 @@ class Outcomes:
         infos = []
         for index, image in enumerate(images):
             data = encode_image(image, params.output_format)
-            key = image_key(task.job_id, index, params.output_format)
+            key = image_key(task.job_id, index, params.output_format, attempt=task.attempt)
             self.storage.put(key, data, content_type)
             infos.append(
                 ImageInfo(

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from redis.exceptions import RedisError
 
-from app.core.store import JobStore
+from app.core.store import Flags, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class ProgressReporter:
         self._lock = threading.Condition()
         self._pending: dict[str, tuple[int, int] | None] | None = None
         self._canceled: set[str] = set()
+        self._lost: set[str] = set()
         self._busy = False
         self._reported = 0  # reports handed over so far
         self._written = 0  # of those, the ones written (or given up on)
@@ -51,6 +52,12 @@ class ProgressReporter:
         with self._lock:
             return self._canceled.intersection(job_ids)
 
+    def lost(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of `job_ids` no longer running on this worker, as last read: given up for
+        dead (Redis was away from us, or we froze), they run again elsewhere."""
+        with self._lock:
+            return self._lost.intersection(job_ids)
+
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every step reported so far is written (or given up on), or `timeout`.
         Steps reported meanwhile (from another thread) are not waited for."""
@@ -67,6 +74,7 @@ class ProgressReporter:
         with self._lock:
             gone = set(job_ids)
             self._canceled -= gone
+            self._lost -= gone
             if self._pending is not None:
                 self._pending = {k: v for k, v in self._pending.items() if k not in gone} or None
 
@@ -77,11 +85,11 @@ class ProgressReporter:
                 steps = self._pending or {}
                 self._pending, self._busy = None, True
                 taken = self._reported
-            canceled: set[str] = set()
+            flags = Flags(set(), set())
             try:
                 done = ["" if v is None else v[0] for v in steps.values()]
                 totals = ["" if v is None else v[1] for v in steps.values()]
-                canceled = self.store.report_progress(list(steps), done, self.worker, totals)
+                flags = self.store.report_progress(list(steps), done, self.worker, totals)
             except RedisError:
                 # Redis is away (a restart, a failover): denoise on; progress resumes after.
                 log.warning("progress not recorded")
@@ -89,7 +97,9 @@ class ProgressReporter:
                 log.exception("progress not recorded")  # the thread lives on
             finally:
                 with self._lock:
-                    self._canceled |= canceled
+                    self._canceled |= flags.canceled
+                    # Only what this write saw: a job claimed back since is ours again.
+                    self._lost = (self._lost - set(steps)) | flags.lost
                     self._busy = False
                     self._written = taken
                     self._lock.notify_all()

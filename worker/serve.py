@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 
 from app.core.limits import ServiceRate
 from app.core.models import ModelSpec
-from app.core.queue import rq_queue
+from app.core.queue import JobQueue, rq_queue
+from app.core.recovery import retry_lost
 from app.core.settings import Settings
 from app.core.storage import Storage, init_image_key, mask_image_key
 from app.core.store import JobStore
@@ -70,6 +71,7 @@ class Server:
         self._beaten_at = 0.0
         self._retired = True  # a job left since the last claim: there may be room
         self._lost_redis = False
+        self._lost: set[str] = set()  # jobs found running again elsewhere, being dropped
 
     def serve(self, burst: bool = False) -> None:
         """Run until SIGTERM/SIGINT (the active jobs finish first; a second signal stops at
@@ -90,13 +92,7 @@ class Server:
                 self._resumed()
                 self.previews.offer(self.engine.active)
                 self._retire(outcomes)
-            # A forced stop: say so rather than leave them.
-            self._retire(
-                [
-                    Outcome(job_id, error=("worker_lost", "the worker stopped"))
-                    for job_id in self.tasks
-                ]
-            )
+            self._hand_back()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -109,6 +105,23 @@ class Server:
             self.stop_now = True
         self.draining = True
         log.info("signal %d: finishing %d active jobs, taking no more", signum, len(self.tasks))
+
+    def _hand_back(self) -> None:
+        """A forced stop: the jobs still running go back to the queue, as if this worker had
+        been killed (a bounded number of attempts), without waiting to be found lost."""
+        queue = JobQueue(self.store.redis, self.store, self.settings.job_timeout)
+        for task in list(self.tasks.values()):
+            try:
+                outcome = retry_lost(
+                    queue, task.job_id, task.params, self.name, self.settings.max_attempts
+                )
+            except RedisError:
+                # It stays ours in Redis; once we leave the registry it is found lost.
+                log.warning("could not hand job %s back; it is found lost soon", task.job_id)
+                continue
+            log.warning("job %s handed back on a forced stop: %s", task.job_id, outcome)
+            self.books.ended(task.rq_id, "worker_lost: the worker stopped")
+        self.tasks.clear()
 
     def _register(self) -> None:
         while not self.stop_now:
@@ -162,8 +175,10 @@ class Server:
 
     def _start(self, job: Claimed) -> None:
         if job.job_id in self.tasks:
-            return  # adopted already (a retried claim names it again)
-        task = Task(job.job_id, job.params, rq_id=job.rq_id)
+            # A claim retried after a lost reply names it again. (A rerun of a job this worker
+            # still holds cannot be claimed here: reruns only go into an empty engine.)
+            return
+        task = Task(job.job_id, job.params, rq_id=job.rq_id, attempt=job.attempt)
         self.tasks[job.job_id] = task
         task.timeout = job.timeout or self.settings.job_timeout
         self.books.started(job.rq_id)
@@ -210,6 +225,11 @@ class Server:
             self.progress.report(steps | finished, watch=paused)
         for job_id in self.progress.canceled(self.tasks):
             self.engine.cancel(job_id)
+        for job_id in self.progress.lost(self.tasks) - self._lost:
+            # Given up for dead (Redis was away from us, or we froze): it runs again elsewhere.
+            log.warning("job %s is no longer this worker's; dropping it", job_id)
+            self._lost.add(job_id)
+            self.engine.cancel(job_id)
 
     def _retire(self, outcomes: list[Outcome]) -> None:
         """End the jobs that left the engine. Those that succeeded are stored and recorded
@@ -225,7 +245,15 @@ class Server:
             if self.alone == task.job_id:
                 self.alone = None
             task.warnings = outcome.warnings
+            if task.job_id in self._lost:
+                self._lost.discard(task.job_id)
+                if not outcome.ok:  # dropped: it is another attempt's to end, not ours
+                    self.progress.forget([task.job_id])
+                    self.books.ended(task.rq_id, "worker_lost: it runs again")
+                    continue
             if outcome.ok:
+                # Counted by the chaos bench: a job denoised twice ran twice, whoever published.
+                log.info("job %s denoised on attempt %d", task.job_id, task.attempt)
                 succeeded.append((task, outcome.images))
             else:
                 self.progress.forget([task.job_id])  # no late step write after the final state
@@ -249,11 +277,11 @@ class Server:
         code, message = error
         worker = self.name
         if code == "canceled":
-            self.outcomes.cancel(task.job_id, worker)
+            self.outcomes.cancel(task.job_id, worker, task.attempt)
             self.books.ended(task.rq_id)
         else:
             if code == "timeout":
                 message = f"the job ran longer than {task.timeout:g} s"
-            self.outcomes.fail(task.job_id, code, message, worker)
+            self.outcomes.fail(task.job_id, code, message, worker, task.attempt)
             self.books.ended(task.rq_id, f"{code}: {message}")
         self.outcomes.clean_up(task, worker)

@@ -9,7 +9,7 @@ from redis import Redis
 from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 
-from app.core.jobs import JobError
+from app.core.jobs import JobError, attempt_of
 from app.core.settings import get_settings
 from app.core.store import JobStore
 from worker.serve import Server
@@ -39,13 +39,15 @@ def on_failure(
     """RQ's failure callback: ends the job record when the worker could not (a no-op otherwise).
 
     It runs for jobs whose worker died mid-job (RQ finds them abandoned) and for payloads
-    a plain RQ worker took; a job the engine already ended stays as it is.
+    a plain RQ worker took; a job the engine already ended stays as it is, and so does a job
+    that runs again meanwhile: each RQ job is one attempt, and ends only that attempt.
     """
     store = JobStore(connection, get_settings().result_ttl)
-    job_id = job.args[0]  # the RQ job of a retry has an id of its own
+    job_id, attempt = attempt_of(job.id)
     if issubclass(exc_type, AbandonedJobError):
         # Only while that worker still owns the job: it may be running again elsewhere.
         error = JobError(code="worker_lost", message="the worker stopped during the job")
-        store.fail(job_id, error, job.worker_name or "")
+        store.fail(job_id, error, job.worker_name or "", attempt)
     else:
-        store.fail(job_id, JobError(code="internal", message="the worker failed to run the job"))
+        error = JobError(code="internal", message="the worker failed to run the job")
+        store.fail(job_id, error, attempt=attempt)

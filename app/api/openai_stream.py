@@ -137,7 +137,7 @@ class ImageStream:
                     sent += 1
 
     def _completed(self, job: Job, index: int) -> bytes:
-        key = image_key(job.id, index, job.request.output_format)
+        key = image_key(job.id, index, job.request.output_format, attempt=job.attempt)
         data = self.services.storage.get(key)
         return _sse(
             f"{self.kind}.completed",

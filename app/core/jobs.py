@@ -224,6 +224,12 @@ def rq_job_id(job_id: str, attempt: int) -> str:
     return job_id if attempt == 1 else f"{job_id}-{attempt}"
 
 
+def attempt_of(rq_id: str) -> tuple[str, int]:
+    """The job and attempt an RQ job's id names (`rq_job_id` backwards)."""
+    job_id, _, attempt = rq_id.partition("-")
+    return job_id, int(attempt or 1)
+
+
 def image_url(job_id: str, index: int) -> str:
     """The stable API path of image `index` of a job."""
     return f"/v1/jobs/{job_id}/images/{index}"

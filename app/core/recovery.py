@@ -116,7 +116,14 @@ def recover_lost_jobs(
 ) -> int:
     """One round over every running job and every served model's queue; returns how many
     jobs were acted on. Safe from every API replica at once: each move is a transaction on
-    the job's own record."""
+    the job's own record.
+
+    Nothing is acted on until Redis has been reachable for `GONE_AFTER_S`: a worker silent
+    through an outage is not dead, and running its jobs again would run them twice."""
+    calm = workers.calm_for()
+    if calm < GONE_AFTER_S:
+        log.info("Redis was away %.0f s ago; lost jobs are looked for once it is calm", calm)
+        return 0
     acted = 0
     for job_id in queue.store.running():
         job = queue.store.get(job_id)

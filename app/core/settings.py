@@ -106,7 +106,11 @@ class Settings(BaseSettings):
     job_timeout: int = Field(600, ge=1, description="seconds a job may run before it fails")
     result_ttl: int = Field(24 * 3600, ge=1, description="seconds a finished job is kept")
     sweep_interval: float = Field(
-        10, gt=0, description="seconds between the API's expiry sweeps and lost-job checks"
+        10,
+        gt=0,
+        # Each round ticks the clock that tells a Redis outage from dead workers (workers.py).
+        le=10,
+        description="seconds between the API's expiry sweeps and lost-job checks",
     )
     max_attempts: int = Field(3, ge=1, description="runs of a job whose worker keeps dying")
 

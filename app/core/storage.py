@@ -109,9 +109,11 @@ def open_storage(settings: Settings) -> Storage:
     )
 
 
-def image_key(job_id: str, index: int, output_format: str) -> str:
-    """Where image `index` of a job is stored."""
-    return f"{job_id}/{index}.{output_format}"
+def image_key(job_id: str, index: int, output_format: str, *, attempt: int) -> str:
+    """Where image `index` of a job's `attempt` is stored. Each attempt writes its own keys:
+    a run given up for dead that finishes late cannot overwrite the files of the attempt that
+    published (the job's record names the attempt whose images it holds)."""
+    return f"{job_id}/a{attempt}/{index}.{output_format}"
 
 
 def init_image_key(job_id: str) -> str:

@@ -19,6 +19,15 @@ RUNNING_KEY = "ldm:running"
 
 
 @dataclass(frozen=True)
+class Flags:
+    """What a progress write learnt of the jobs: those whose cancel was requested, and those
+    no longer running on the worker that wrote (given up for dead, so running again)."""
+
+    canceled: set[str]
+    lost: set[str]
+
+
+@dataclass(frozen=True)
 class Claim:
     """A job to start as part of a batch: `rq_id` names its RQ job to take from the queue at
     `queue_key`, or is empty for the job the worker already took through RQ; `max_running`
@@ -118,10 +127,12 @@ class JobStore:
         allowed: tuple[JobStatus, ...],
         to: JobStatus,
         owner: str = "",
+        attempt: int | None = None,
         **fields: str,
     ) -> bool:
         ttl = self.result_ttl if to.is_terminal() else 0
         args = [",".join(s.value for s in allowed), to.value, ttl, job_id, owner, self.result_ttl]
+        args.append("" if attempt is None else str(attempt))
         for name, value in fields.items():
             args += [name, value]
         keys = [self.key(job_id), EXPIRY_KEY, RUNNING_KEY]
@@ -157,17 +168,20 @@ class JobStore:
         step: int | Sequence[int | str],
         worker: str = "",
         totals: Sequence[int | str] | None = None,
-    ) -> set[str]:
+    ) -> Flags:
         """Record finished denoising steps for jobs running on `worker` (one step for all, or
         one per job, with the totals their schedulers run when given; a step of "" records
-        nothing); returns those whose cancel was requested, in one round trip."""
+        nothing); returns their flags (see `Flags`), in one round trip."""
         steps = [step] * len(job_ids) if isinstance(step, int) else list(step)
         keys = [self.key(job_id) for job_id in job_ids]
         args: list[object] = [worker, self.result_ttl]
         for job_id, done, total in zip(job_ids, steps, totals or [""] * len(job_ids), strict=True):
             args += [job_id, done, total]
-        flags = self._progress_script(keys=keys, args=args)
-        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
+        flags = list(zip(job_ids, self._progress_script(keys=keys, args=args), strict=True))
+        return Flags(
+            canceled={job_id for job_id, flag in flags if flag == 1},
+            lost={job_id for job_id, flag in flags if flag == 2},
+        )
 
     def set_paused(self, job_ids: Sequence[str], paused: bool, worker: str) -> None:
         """Mark jobs running on `worker` paused for a higher priority (progress frozen), or
@@ -176,42 +190,54 @@ class JobStore:
         self._pause_script(keys=keys, args=[worker, self.result_ttl, int(paused), *job_ids])
 
     def succeed(
-        self, job_id: str, images: list[ImageInfo], worker: str = "", warnings: Sequence[str] = ()
+        self,
+        job_id: str,
+        images: list[ImageInfo],
+        worker: str = "",
+        warnings: Sequence[str] = (),
+        attempt: int | None = None,
     ) -> bool:
         """running → succeeded, with its images and what the worker noted about their
-        fidelity (only while `worker`, if named, owns it)."""
+        fidelity (only while `worker` and `attempt`, if named, own it)."""
         payload = json.dumps([image.model_dump() for image in images])
         return self._transition(
             job_id,
             (JobStatus.RUNNING,),
             JobStatus.SUCCEEDED,
             worker,
+            attempt,
             finished_at=_now(),
             images=payload,
             warnings=json.dumps(list(warnings)),
         )
 
-    def fail(self, job_id: str, error: JobError, worker: str = "") -> bool:
+    def fail(
+        self, job_id: str, error: JobError, worker: str = "", attempt: int | None = None
+    ) -> bool:
         """queued or running → failed, with a short code and message (see `succeed`)."""
         return self._transition(
             job_id,
             (JobStatus.QUEUED, JobStatus.RUNNING),
             JobStatus.FAILED,
             worker,
+            attempt,
             finished_at=_now(),
             error=error.model_dump_json(),
         )
 
-    def mark_canceled(self, job_id: str, worker: str = "") -> bool:
-        """running → canceled, once the worker has stopped at a step boundary."""
+    def mark_canceled(self, job_id: str, worker: str = "", attempt: int | None = None) -> bool:
+        """running → canceled, once the worker has stopped at a step boundary (see `succeed`)."""
         return self._transition(
-            job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, worker, finished_at=_now()
+            job_id, (JobStatus.RUNNING,), JobStatus.CANCELED, worker, attempt, finished_at=_now()
         )
 
-    def worker_of(self, job_id: str) -> str | None:
-        """The worker the job is (or was last) on; None once its record has expired."""
-        worker = self.redis.hget(self.key(job_id), "worker")
-        return None if worker is None else worker.decode()
+    def owner_of(self, job_id: str) -> tuple[str, int] | None:
+        """The worker and attempt the job is (or was last) on; None once its record has
+        expired."""
+        worker, attempt = self.redis.hmget(self.key(job_id), "worker", "attempt")
+        if worker is None:
+            return None
+        return worker.decode(), int(attempt or 1)
 
     def running(self) -> list[str]:
         """Ids of the jobs running now, on whatever worker."""

@@ -48,15 +48,20 @@ end
 # app/core/recovery.py's), atomically, so that a cancel and
 # a worker picking the job up can never both win; with a worker named, only while that worker
 # owns the job (a worker given up for dead cannot end a job that runs again elsewhere).
+# With an attempt named, only while the job is still on that attempt: a run given up for dead
+# (a zombie, or RQ's callback for its RQ job) cannot end the rerun, even on the same worker.
 # Running jobs are indexed for the lost-job check; a terminal state starts the record's TTL
-# and books its files for the expiry sweep. ARGV[6] is the event stream's TTL.
-# Returns {1, old} or {0, current or ''}.
+# and books its files for the expiry sweep. ARGV[6] is the event stream's TTL, ARGV[7] the
+# attempt ('' for any); the fields to set follow. Returns {1, old} or {0, current or ''}.
 TRANSITION = _EMIT + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur} end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[5] then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
+if ARGV[7] ~= '' and (redis.call('HGET', KEYS[1], 'attempt') or '1') ~= ARGV[7] then
+  return {0, cur}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
 local tenant = leave_line(KEYS[1], ARGV[4])
 if ARGV[2] == 'running' then
   redis.call('ZADD', KEYS[3], tonumber(redis.call('TIME')[1]), ARGV[4])
@@ -142,8 +147,9 @@ return started
 # (each job at its own step, with the total its scheduler really runs), and reads their cancel
 # flags, in one round trip. A job's progress webhook goes out at most once a second, and on its
 # last step. A step of '' only reads the flag (a paused job's progress stays as it was).
-# ARGV: worker, stream TTL, then a job id, its step and its total per key. Returns a 1 per job
-# whose cancel was requested.
+# ARGV: worker, stream TTL, then a job id, its step and its total per key. Returns per job 1
+# if its cancel was requested, 2 if it is no longer running on this worker (it was given up
+# for dead and runs again, or has expired), else 0.
 PROGRESS = _EMIT + """
 local canceled = {}
 local now = tonumber(redis.call('TIME')[1])
@@ -163,6 +169,7 @@ for i, key in ipairs(KEYS) do
          'type', 'progress', 'step', step, 'total_steps', total)
   end
   canceled[i] = state[3] == '1' and 1 or 0
+  if ARGV[1] ~= '' and (state[1] ~= 'running' or state[2] ~= ARGV[1]) then canceled[i] = 2 end
 end
 return canceled
 """

@@ -1,10 +1,35 @@
-"""Live workers per model: each beats every few seconds; a silent one drops out within a minute."""
+"""Live workers per model: each beats every few seconds; a silent one drops out within a minute.
+
+A worker is silent, too, while Redis is away (restarted, failed over, cut off from everyone).
+So every beat and every lost-job round also ticks one clock in Redis: a gap between ticks
+longer than `OUTAGE_AFTER_S` means nobody could reach Redis, and silence only counts once
+Redis has been reachable ("calm") for `GONE_AFTER_S` (see `calm_for`)."""
 
 from redis import Redis
 
 BEAT_EVERY_S = 10.0
 # A worker that missed three beats is gone (killed, or cut off from Redis), well within a minute.
 GONE_AFTER_S = 30.0
+# Ticks come at least every beat of any worker and every housekeeping round of any API replica
+# (at most 10 s apart, `Settings.sweep_interval`): a longer gap is an outage of Redis.
+OUTAGE_AFTER_S = 15.0
+CLOCK_KEY = "ldm:clock"
+
+# KEYS: the clock. ARGV: the outage gap. Returns how long (s) Redis has been calm.
+# With an append-only file a restarted Redis keeps its last tick, so the gap shows; without
+# one the clock is gone and starts calm now.
+TICK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local last = tonumber(redis.call('HGET', KEYS[1], 'tick'))
+local calm = tonumber(redis.call('HGET', KEYS[1], 'calm_since'))
+if not last or not calm or now - last > tonumber(ARGV[1]) then
+  calm = now
+  redis.call('HSET', KEYS[1], 'calm_since', tostring(now))
+end
+redis.call('HSET', KEYS[1], 'tick', tostring(now))
+return tostring(now - calm)
+"""
 
 
 def _key(model: str) -> str:
@@ -16,6 +41,7 @@ class WorkerRegistry:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._tick = redis.register_script(TICK)
 
     @staticmethod
     def key(model: str) -> str:
@@ -27,8 +53,16 @@ class WorkerRegistry:
         now = self._now() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(_key(model), {worker: now})
+        # A live worker pruned here after an outage beats again before anyone may call it
+        # gone (`calm_for`).
         pipe.zremrangebyscore(_key(model), "-inf", now - GONE_AFTER_S)
+        self._tick(keys=[CLOCK_KEY], args=[OUTAGE_AFTER_S], client=pipe)
         pipe.execute()
+
+    def calm_for(self) -> float:
+        """Seconds since Redis was last away (for everyone), ticking the clock. Until that
+        reaches `GONE_AFTER_S` a silent worker may only have been unable to beat."""
+        return float(self._tick(keys=[CLOCK_KEY], args=[OUTAGE_AFTER_S]))
 
     def _now(self) -> float:
         # Redis' clock: workers and API replicas on other hosts may disagree about the time.

@@ -8,6 +8,7 @@ from redis import Redis
 
 from app.api.main import create_app
 from app.core.settings import Settings
+from app.core.workers import CLOCK_KEY
 
 
 @pytest.fixture
@@ -24,3 +25,8 @@ def assert_problem(response, status: int) -> dict:
     assert body["status"] == status and body["title"] and body["detail"]
     assert "Traceback" not in response.text
     return body
+
+
+def nothing_written(redis: Redis) -> bool:
+    """Redis holds nothing but the housekeeping's outage clock: a refused request left no trace."""
+    return set(redis.keys()) <= {CLOCK_KEY.encode()}

@@ -13,7 +13,7 @@ from app.api.openai_schemas import ImageGenerate
 from app.api.routes.images import to_job
 from app.core.models import TINY_FLUX, TINY_MODEL
 from app.core.settings import Settings
-from tests.api.conftest import assert_problem
+from tests.api.conftest import assert_problem, nothing_written
 from tests.api.test_jobs_api import png_b64
 
 TURBO = "stabilityai/sd-turbo"
@@ -50,7 +50,7 @@ def test_a_scheduler_is_echoed_in_the_jobs_request(client: TestClient) -> None:
 def test_an_unknown_scheduler_is_a_422_naming_scheduler(client: TestClient, redis: Redis) -> None:
     errors = refused(client, scheduler="warp_drive")
     assert list(errors) == ["body.scheduler"] and "choose one of" in errors["body.scheduler"]
-    assert redis.dbsize() == 0  # nothing queued
+    assert nothing_written(redis)  # nothing queued
 
 
 def test_a_flow_model_refuses_euler_and_takes_flow_euler(client: TestClient) -> None:
@@ -127,7 +127,7 @@ def test_openai_refusals_name_scheduler_and_size(client: TestClient, redis: Redi
         assert (error["param"], error["code"]) == (param, "invalid_value") and said in error[
             "message"
         ]
-    assert redis.dbsize() == 0
+    assert nothing_written(redis)
 
 
 def test_openai_job_carries_the_scheduler(client: TestClient) -> None:

@@ -9,7 +9,7 @@ from app.api.main import create_app
 from app.core.jobs import ImageInfo, image_url
 from app.core.settings import Settings
 from app.core.storage import image_key, init_image_key
-from tests.api.conftest import assert_problem
+from tests.api.conftest import assert_problem, nothing_written
 
 
 def png_b64(size: tuple[int, int]) -> str:
@@ -76,7 +76,7 @@ def test_settings_limits_are_422_with_the_field(client: TestClient) -> None:
 def test_bad_init_image_never_reaches_the_queue(client: TestClient) -> None:
     body = assert_problem(client.post("/v1/jobs", json={"prompt": "a", "init_image": "@@"}), 422)
     assert body["errors"][0]["field"] == "body.init_image"
-    assert client.app.state.services.redis.dbsize() == 0
+    assert nothing_written(client.app.state.services.redis)
 
 
 def test_malformed_json_and_missing_body(client: TestClient) -> None:
@@ -126,7 +126,7 @@ def test_images_only_for_succeeded_jobs_and_in_range(client: TestClient) -> None
     assert_problem(client.get(f"/v1/jobs/{job_id}/images/0"), 404)
     # Play the worker's part by hand: the model is beside the point here.
     services.store.start(job_id, 20)
-    services.storage.put(image_key(job_id, 0, "webp"), b"RIFF-bytes", "image/webp")
+    services.storage.put(image_key(job_id, 0, "webp", attempt=1), b"RIFF-bytes", "image/webp")
     info = ImageInfo(
         url=image_url(job_id, 0), width=64, height=64, seed=1, content_type="image/webp"
     )

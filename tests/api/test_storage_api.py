@@ -17,7 +17,7 @@ def finish_by_hand(client: TestClient, job_id: str, data: bytes) -> None:
     """Play the worker's part (the model is beside the point here)."""
     services = client.app.state.services
     services.store.start(job_id, 20)
-    services.storage.put(image_key(job_id, 0, "png"), data, "image/png")
+    services.storage.put(image_key(job_id, 0, "png", attempt=1), data, "image/png")
     info = ImageInfo(
         url=image_url(job_id, 0), width=64, height=64, seed=1, content_type="image/png"
     )
@@ -56,7 +56,7 @@ def test_expired_jobs_answer_404_and_their_files_are_deleted(
         assert_problem(client.get(f"/v1/jobs/{job_id}/images/0"), 404)
         while True:  # the API's own sweeper removes the files soon after
             try:
-                storage.get(image_key(job_id, 0, "png"))
+                storage.get(image_key(job_id, 0, "png", attempt=1))
             except ObjectNotFound:
                 break
             assert time.monotonic() < deadline, "the files were never swept"

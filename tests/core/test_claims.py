@@ -63,12 +63,13 @@ def test_progress_is_one_call_per_active_set_and_only_the_owner_writes(
     ids = [submitted(queue, params) for _ in range(3)]
     queue.store.claim("w1", [Claim(job_id, job_id, key, 4) for job_id in ids])
     queue.cancel(ids[1], MODEL)
-    assert queue.store.report_progress(ids, 2, "w1") == {ids[1]}  # one step for all
+    assert queue.store.report_progress(ids, 2, "w1").canceled == {ids[1]}  # one step for all
     assert [queue.store.get(job_id).progress.step for job_id in ids] == [2, 2, 2]
-    assert queue.store.report_progress(ids, [4, 1, 3], "w1") == {ids[1]}  # each its own
+    assert queue.store.report_progress(ids, [4, 1, 3], "w1").canceled == {ids[1]}  # each its own
     assert [queue.store.get(job_id).progress.step for job_id in ids] == [4, 1, 3]
-    queue.store.report_progress(ids, [4, 4, 4], "w-given-up-for-dead", totals=[9, 9, 9])
+    flags = queue.store.report_progress(ids, [4, 4, 4], "w-given-up-for-dead", totals=[9, 9, 9])
     assert [queue.store.get(job_id).progress.step for job_id in ids] == [4, 1, 3]
+    assert flags.lost == set(ids)  # that worker learns they are not its own any more
     assert all(queue.store.get(job_id).progress.total_steps == 4 for job_id in ids)
     # The worker may correct a total (what its scheduler really runs), per job.
     queue.store.report_progress(ids, [1, 1, 1], "w1", totals=[4, 5, 4])
@@ -80,7 +81,8 @@ def test_progress_of_an_ended_job_is_not_written(queue: JobQueue) -> None:
     done, running = submitted(queue, make_params()), submitted(queue, make_params())
     queue.store.claim("w1", [Claim(done, done, key, 4), Claim(running, running, key, 4)])
     assert queue.store.mark_canceled(done, "w1")
-    queue.store.report_progress([done, running], [3, 3], "w1")
+    flags = queue.store.report_progress([done, running], [3, 3], "w1")
+    assert flags.lost == {done} and flags.canceled == set()
     assert queue.store.get(done).progress.step == 0
     assert queue.store.get(running).progress.step == 3
 

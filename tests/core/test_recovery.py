@@ -11,7 +11,7 @@ from app.core.jobs import JobStatus, new_job_id, rq_job_id
 from app.core.queue import JobQueue, rq_queue
 from app.core.recovery import recover_lost_jobs, rescue_unstarted
 from app.core.store import JobStore
-from app.core.workers import GONE_AFTER_S, WorkerRegistry
+from app.core.workers import CLOCK_KEY, GONE_AFTER_S, OUTAGE_AFTER_S, WorkerRegistry
 from tests.factories import make_params
 
 MODEL = "tiny-sd"
@@ -20,6 +20,18 @@ MODEL = "tiny-sd"
 @pytest.fixture
 def queue(redis: Redis) -> JobQueue:
     return JobQueue(redis, JobStore(redis, result_ttl=600), job_timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def calm(redis: Redis) -> None:
+    """Redis has been reachable for an hour (a fresh Redis has only just been)."""
+    backdate_calm(redis, 3600)
+
+
+def backdate_calm(redis: Redis, seconds: float, tick_ago: float = 0) -> None:
+    """Set the outage clock: Redis calm for `seconds`, the last tick `tick_ago` s ago."""
+    now = JobStore(redis, 600).now()
+    redis.hset(CLOCK_KEY, mapping={"tick": now - tick_ago, "calm_since": now - seconds})
 
 
 def taken_by_a_worker_that_dies(queue: JobQueue, worker: str = "w-dead") -> str:
@@ -81,6 +93,33 @@ def test_jobs_of_live_workers_are_left_alone(queue: JobQueue, redis: Redis) -> N
     assert queue.store.get(job_id).status is JobStatus.RUNNING
     queue.store.succeed(job_id, [], worker="w-busy")
     assert queue.store.running() == []
+
+
+def test_silence_through_a_redis_outage_is_not_death(queue: JobQueue, redis: Redis) -> None:
+    job_id = taken_by_a_worker_that_dies(queue, worker="w-cut-off")
+    workers = WorkerRegistry(redis)
+    workers.beat(MODEL, "w-cut-off", now=queue.store.now() - GONE_AFTER_S - 5)
+    # Redis comes back from a restart (its append-only file kept the last tick, long ago): the
+    # worker could not beat meanwhile, so its silence proves nothing yet.
+    backdate_calm(redis, 3600, tick_ago=OUTAGE_AFTER_S + 30)
+    assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 0
+    assert 0 <= workers.calm_for() < 1
+    job = queue.store.get(job_id)
+    assert (job.status, job.worker, job.attempt) == (JobStatus.RUNNING, "w-cut-off", 1)
+    # A gap shorter than an outage is no outage.
+    backdate_calm(redis, 3600, tick_ago=OUTAGE_AFTER_S - 5)
+    assert workers.calm_for() > GONE_AFTER_S
+    # Calm for as long as a worker may stay silent, and still silent: it is gone.
+    backdate_calm(redis, GONE_AFTER_S + 1)
+    assert recover_lost_jobs(queue, workers, [MODEL], max_attempts=3) == 1
+    assert queue.store.get(job_id).attempt == 2
+
+
+def test_every_beat_ticks_the_outage_clock(redis: Redis) -> None:
+    workers = WorkerRegistry(redis)
+    backdate_calm(redis, 3600, tick_ago=OUTAGE_AFTER_S + 1)
+    workers.beat(MODEL, "w1")  # the first tick after a gap: calm from now on
+    assert workers.calm_for() < 1
 
 
 def test_a_job_taken_but_never_started_is_queued_again(queue: JobQueue, redis: Redis) -> None:

@@ -38,7 +38,7 @@ def test_happy_path_transitions(queue: JobQueue) -> None:
     job_id = submit(queue)
     assert store.start(job_id, total_steps=4)
     assert not store.start(job_id, total_steps=4)  # a job starts once
-    assert store.report_progress([job_id], 2) == set()
+    assert store.report_progress([job_id], 2).canceled == set()
     job = store.get(job_id)
     assert job.status is JobStatus.RUNNING and job.started_at is not None
     assert (job.progress.step, job.progress.total_steps) == (2, 4)
@@ -75,7 +75,7 @@ def test_cancel_running_job_sets_the_flag_the_worker_reads(queue: JobQueue) -> N
     queue.store.start(job_id, 4)
     assert queue.cancel(job_id, MODEL) is JobStatus.RUNNING
     assert queue.store.get(job_id).cancel_requested
-    assert queue.store.report_progress([job_id], 1) == {job_id}
+    assert queue.store.report_progress([job_id], 1).canceled == {job_id}
     assert queue.store.mark_canceled(job_id)
     assert queue.store.get(job_id).status is JobStatus.CANCELED
 

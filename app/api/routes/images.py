@@ -138,7 +138,7 @@ def _images(services: Services, request: Request, job: Job, b64: bool) -> list[I
     """The job's images as URLs (signed storage URLs where storage has them) or base64."""
     data = []
     for index in range(len(job.images)):
-        key = image_key(job.id, index, job.request.output_format)
+        key = image_key(job.id, index, job.request.output_format, attempt=job.attempt)
         if b64:
             data.append(ImageData(b64_json=base64.b64encode(services.storage.get(key)).decode()))
             continue

@@ -86,7 +86,7 @@ def get_image(job_id: JobId, index: int, services: ServicesDep, tenant: TenantDe
         raise ImageNotFound(f"job {job_id} is {job.status.value}; images come once it succeeds")
     if not 0 <= index < len(job.images):
         raise ImageNotFound(f"job {job_id} has images 0..{len(job.images) - 1}")
-    key = image_key(job_id, index, job.request.output_format)
+    key = image_key(job_id, index, job.request.output_format, attempt=job.attempt)
     url = services.storage.url(key, services.settings.url_ttl)
     if url is not None:
         # Object storage serves the bytes; the signed URL expires, so it must not be cached.
