@@ -1,6 +1,10 @@
 """Who runs next, against a real Redis: priority bands, weighted fair share between tenants,
 caps, and positions that say how many jobs will start first."""
 
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+
 from app.core.jobs import JobParams, new_job_id
 from app.core.policy import job_cost
 from app.core.queue import JobQueue, rq_queue
@@ -101,3 +105,29 @@ def test_leaving_the_line_cancel_and_rerun(queue: JobQueue) -> None:
     assert queue.waiting.head(MODEL, 4) == [f"{first}-2", *later]
     assert queue.position(first, MODEL, attempt=2) == 0
     assert queue.waiting.tenant_counts(["a"], running=True) == {"a": 0}
+
+
+def commands_run(queue: JobQueue, call: Callable[[], object]) -> Counter[str]:
+    """The Redis commands `call` made, by name, from the server's own counts."""
+
+    def counts() -> Counter[str]:
+        stats = queue.redis.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+        return Counter({name: n for name, n in calls.items() if name != "info"})
+
+    before = counts()
+    call()
+    return counts() - before
+
+
+def test_a_position_costs_the_same_whatever_the_queue_length(queue: JobQueue) -> None:
+    # Every follower of a queued job's event stream asks once a second: the lookup must not
+    # walk the queue (no LPOS, no ranges), just O(log n) ranks and counts.
+    costs = []
+    for waiting in (5, 500):
+        queue.redis.flushdb()
+        ids = submit(queue, "a", waiting, priority="low")
+        submit(queue, "b", 3, priority="high")
+        costs.append(commands_run(queue, partial(queue.position, ids[-1], MODEL, priority="low")))
+        assert queue.position(ids[-1], MODEL, priority="low") == 3 + waiting - 1
+    assert costs[0] == costs[1] == Counter({"zcard": 2, "zrank": 1})
