@@ -72,6 +72,9 @@ class Server:
         self._retired = True  # a job left since the last claim: there may be room
         self._lost_redis = False
         self._lost: set[str] = set()  # jobs found running again elsewhere, being dropped
+        # Denoised, their images and final state still being written (on the finishing
+        # thread): still running in Redis, but not orphans to adopt and run again.
+        self._finishing: set[str] = set()
 
     def serve(self, burst: bool = False) -> None:
         """Run until SIGTERM/SIGINT (the active jobs finish first; a second signal stops at
@@ -139,7 +142,7 @@ class Server:
             if self._lost_redis or time.monotonic() - self._beaten_at > RQ_BEAT_EVERY_S:
                 self.books.beat()
                 self._beaten_at = time.monotonic()
-                for job in self.claims.orphans(set(self.tasks)):
+                for job in self.claims.orphans(set(self.tasks) | self._finishing):
                     log.warning("job %s was claimed by a lost reply; running it", job.job_id)
                     self._start(job)
                 self._lost_redis = False
@@ -260,12 +263,17 @@ class Server:
                 self._end_unfinished(task, outcome.error or ("internal", ""))
         if succeeded:
             worker = self.name
+            ids = {task.job_id for task, _ in succeeded}
+            self._finishing |= ids
 
             def finish() -> None:
                 # Their last step (reported, never again) is written before their final state.
                 self.progress.flush()
-                self.progress.forget([task.job_id for task, _ in succeeded])
-                failed = self.outcomes.succeed(succeeded, worker)
+                self.progress.forget(ids)
+                try:
+                    failed = self.outcomes.succeed(succeeded, worker)
+                finally:
+                    self._finishing -= ids
                 for task, _ in succeeded:
                     error = f"internal: {STORE_FAILED}" if task.job_id in failed else None
                     self.books.ended(task.rq_id, error)

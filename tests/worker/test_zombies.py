@@ -4,6 +4,8 @@ by RQ over it; a worker that learns its job runs again elsewhere drops it; and e
 with its worker reruns alone. Real Redis, real storage, the tiny model."""
 
 import io
+import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -141,3 +143,47 @@ def test_jobs_lost_with_their_worker_rerun_alone(
         assert forwards.with_job(job_id) == [[job_id]] * 3  # every step alone
         assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
     assert [sorted(ids) for ids in forwards.ran if fresh[0] in ids] == [sorted(fresh)] * 3
+
+
+class HeldStorage(LocalStorage):
+    """Holds the first image write until `release` is set (slow storage, Redis away)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.writing.set()
+        assert self.release.wait(30)
+        super().put(key, data, content_type)
+
+
+def test_a_job_being_stored_is_not_adopted_as_an_orphan(
+    queue: JobQueue, tmp_path: Path, forwards: Forwards, make_server: ServerFactory
+) -> None:
+    # After a lost reply the worker adopts jobs Redis says it runs but it does not hold; one
+    # that only waits for its images to be stored is still its own, not one to run again.
+    params = make_params(num_inference_steps=3)
+    job_id = submitted(queue, params)
+    storage = HeldStorage(tmp_path / "held")
+    server = make_server(storage=storage)
+    real_orphans = server.claims.orphans
+
+    def orphans(known: set[str]) -> list:
+        found = real_orphans(known)
+        if storage.writing.is_set():
+            storage.release.set()  # looked once while the job was being stored
+            server.draining = True  # then stop once idle
+        return found
+
+    def lose_redis_while_storing() -> None:
+        assert storage.writing.wait(30)
+        server._lost_redis = True  # what a Redis error in the main loop sets
+
+    server.claims.orphans = orphans  # type: ignore[method-assign]
+    threading.Thread(target=lose_redis_while_storing, daemon=True).start()
+    server.serve()
+    assert storage.release.is_set()
+    assert len(forwards.with_job(job_id)) == 3  # denoised once
+    assert queue.store.get(job_id).status is JobStatus.SUCCEEDED
