@@ -1,5 +1,6 @@
 """Load with a fault: N jobs from C concurrent clients against two workers, one of which is
-killed (SIGKILL) mid-run. Every accepted job must end, none lost, none with two results.
+killed (SIGKILL) mid-run, while it runs jobs. Every accepted job must end, none lost, none with
+two results, none denoised twice (counted from the workers' own logs, not the API).
 
     python -m bench.load [--jobs 1000] [--clients 50] [--kill-after 300]
 
@@ -10,7 +11,6 @@ Retry-After, or a dropped connection), as real clients do; then they poll their 
 import argparse
 import collections
 import concurrent.futures
-import signal
 import tempfile
 import threading
 import time
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from bench.chaos_faults import denoised_runs, kill_when_busy, killed_before_publishing, ran_twice
 from scripts.stack import LocalStack
 from worker.tiny_model import ensure_tiny_model
 
@@ -50,8 +51,11 @@ def run(jobs: int, clients: int, kill_after: int, workdir: Path, cache: Path) ->
     ensure_tiny_model(cache)
     with LocalStack(workdir, cache, OMP_NUM_THREADS="1", LDM_SWEEP_INTERVAL="2") as stack:
         base = str(stack.start_api().base_url)
-        stack.start_worker()
-        stack.start_worker()
+        # INFO: each worker logs every job it denoised to the end, which counts runs.
+        victim = stack.start_worker(LDM_LOG_LEVEL="INFO")
+        stack.start_worker(LDM_LOG_LEVEL="INFO")
+        victim_name = stack.worker_name(victim)
+        hit: dict[str, int] = {}  # what the victim ran when killed: job id -> attempt
         started = time.monotonic()
         ids: list[str] = []
         done = threading.Event()
@@ -75,9 +79,8 @@ def run(jobs: int, clients: int, kill_after: int, workdir: Path, cache: Path) ->
                 )
                 if finished >= kill_after or done.wait(0.5):
                     break
-            victim = stack.workers.pop(0)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
+            # Only once it runs jobs: a kill between two jobs would test nothing.
+            hit.update(kill_when_busy(stack, victim, victim_name, 120, done))
 
         kill_thread = threading.Thread(target=killer)
         kill_thread.start()
@@ -97,6 +100,7 @@ def run(jobs: int, clients: int, kill_after: int, workdir: Path, cache: Path) ->
         elapsed = time.monotonic() - started
         runs = sum(w.successful_job_count + w.failed_job_count for w in stack.live_workers())
     statuses = collections.Counter(job["status"] for job in final.values())
+    twice = ran_twice(denoised_runs(workdir), final)
     return {
         "jobs": jobs,
         "accepted": len(set(ids)),
@@ -106,6 +110,11 @@ def run(jobs: int, clients: int, kill_after: int, workdir: Path, cache: Path) ->
         "retried": sum(1 for job in final.values() if job["attempt"] > 1),
         "with_two_results": sum(1 for job in final.values() if len(job["images"]) != 1),
         "rq_runs_completed": runs,
+        "running_on_victim_when_killed": len(hit),
+        "ran_twice": len(twice),
+        # ... of which explained by the kill landing between a denoising and its publishing.
+        "ran_twice_killed_before_publishing": len(killed_before_publishing(twice, [hit])),
+        "ran_twice_jobs": twice,
         "jobs_per_worker": dict(collections.Counter(job["worker"] for job in final.values())),
         "seconds": round(elapsed, 1),
     }

@@ -1,5 +1,6 @@
 """A whole local deployment on free ports (Redis, API, workers) for end-to-end tests, benches."""
 
+import itertools
 import subprocess
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ class LocalStack:
         self.workers: list[subprocess.Popen] = []
         self.others: list[subprocess.Popen] = []
         self.balancer: httpx.Client | None = None
+        self._spawned = itertools.count()  # log file numbers of `spawn_worker`
 
     def __enter__(self) -> "LocalStack":
         self.start_redis()
@@ -143,6 +145,38 @@ class LocalStack:
     def stop_worker(self, proc: subprocess.Popen) -> None:
         """Stop a worker this stack started (it finishes its job first)."""
         stop(proc)
+        self.workers.remove(proc)
+
+    def spawn_worker(
+        self, queue: str = "ldm:tiny-sd", timeout: float = 120, **settings: str
+    ) -> tuple[subprocess.Popen, str]:
+        """One more worker, ready once it registered under its own pid; returns it and its
+        name (the `worker` of the jobs it runs). Unlike `start_worker`, safe from several
+        threads at once: each gets a log file of its own (`worker-spawned-N.log`)."""
+        log = self.workdir / f"worker-spawned-{next(self._spawned)}.log"
+        proc = start_python("worker", self.env | settings, log)
+        names: list[str] = []
+
+        def ready() -> bool:
+            names[:] = [w.name for w in self.live_workers(queue) if w.pid == proc.pid]
+            return bool(names)
+
+        wait_until(ready, timeout, f"worker (see {log})", proc)
+        self.workers.append(proc)
+        return proc, names[0]
+
+    def worker_name(self, proc: subprocess.Popen, queue: str = "ldm:tiny-sd") -> str:
+        """The name a started worker registered under (the `worker` of the jobs it runs)."""
+        for worker in self.live_workers(queue):
+            if worker.pid == proc.pid:
+                return worker.name
+        raise LookupError(f"no worker with pid {proc.pid} on {queue}")
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        """`kill -9` a worker this stack started, and forget it: no draining, no goodbye
+        (its heartbeat, RQ record and jobs stay as it left them, as after a crash)."""
+        proc.kill()
+        proc.wait()
         self.workers.remove(proc)
 
     def live_workers(self, queue: str = "ldm:tiny-sd") -> list[Worker]:
