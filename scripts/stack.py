@@ -40,6 +40,9 @@ class LocalStack:
             "LDM_LOG_LEVEL": "WARNING",
             # The fastest model: tests and benches measure the service, not the pictures.
             "LDM_MODEL": "tiny-sd",
+            # Benches and tests repeat seeds to compare runs: each job must really run. The
+            # cache's own tests and bench (bench/cache.py) turn it on.
+            "LDM_RESULT_CACHE": "false",
         } | settings
         self.redis_proc: subprocess.Popen | None = None
         self.apis: list[tuple[subprocess.Popen, httpx.Client]] = []

@@ -7,15 +7,17 @@ cannot take others down."""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis import Redis
 from rq.job import Job as RQJob
 
+from app.core import tracing
 from app.core.jobs import JobParams, rq_job_id
 from app.core.settings import Settings
 from app.core.store import RUNNING_KEY, Claim, JobStore
 from app.core.waiting import Waiting
+from worker.traces import OFF, JobTrace, begin
 
 # How far down the queue one claim looks: bounded, so a long queue costs no more than a short one.
 LOOK_AHEAD = 32
@@ -23,6 +25,8 @@ LOOK_AHEAD = 32
 # is a round trip, 2-3% of a small model's step on a CPU, and a job that arrives meanwhile
 # waits at most this long for its first step.
 QUIET_LOOK_S = 0.02
+# Read with each waiting job's request, in the same round trip, to begin its trace at the claim.
+TRACE_FIELDS = ("traceparent", "created_at")
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,20 @@ class Claimed:
     params: JobParams
     attempt: int
     timeout: float | None = None
+    trace: JobTrace = OFF  # its spans, begun as it was claimed (worker/traces.py)
 
 
 def _timeout(raw: bytes | None) -> float | None:
     return float(raw) if raw else None
+
+
+def _traced(claimed: Claimed, record: list[bytes | None]) -> Claimed:
+    """The claim with its trace begun from its record's `TRACE_FIELDS` (as is when off)."""
+    if not tracing.enabled():
+        return claimed
+    *_, traceparent, created_at = record
+    trace = begin(claimed.job_id, claimed.params, claimed.attempt, traceparent, created_at)
+    return replace(claimed, trace=trace)
 
 
 class Claims:
@@ -96,14 +110,14 @@ class Claims:
         job_ids = [rq_id.split("-", 1)[0] for rq_id in rq_ids]  # "<job>-<attempt>" for retries
         pipe = self.redis.pipeline(transaction=False)
         for job_id, rq_id in zip(job_ids, rq_ids, strict=True):
-            pipe.hmget(self.store.key(job_id), "request", "attempt", "tenant")
+            pipe.hmget(self.store.key(job_id), "request", "attempt", "tenant", *TRACE_FIELDS)
             pipe.hget(RQJob.key_for(rq_id), "timeout")
         replies = pipe.execute()
-        tenants = [(tenant or b"public").decode() for _, _, tenant in replies[::2]]
+        tenants = [(tenant or b"public").decode() for _, _, tenant, *_ in replies[::2]]
         room = self._room(tenants)
         picked: list[Claimed] = []
         caps: dict[str, int | None] = {}
-        for job_id, rq_id, tenant, (request, attempt, _), timeout in zip(
+        for job_id, rq_id, tenant, (request, attempt, *_), timeout in zip(
             job_ids, rq_ids, tenants, replies[::2], replies[1::2], strict=True
         ):
             if request is None:
@@ -133,7 +147,8 @@ class Claims:
             for c in picked
         ]
         started = set(self.store.claim(self.worker, claims))
-        return [c for c in picked if c.job_id in started]
+        records = dict(zip(job_ids, replies[::2], strict=True))
+        return [_traced(c, records[c.job_id]) for c in picked if c.job_id in started]
 
     def _room(self, tenants: list[str]) -> dict[str, int]:
         """How many more jobs each capped tenant may start (one round trip, only when some

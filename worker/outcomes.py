@@ -14,7 +14,11 @@ from app.core.limits import ServiceRate
 from app.core.logs import bind, unbind
 from app.core.storage import Storage, image_key, init_image_key, mask_image_key
 from app.core.store import JobStore
+from app.core.usage import Counts
+from worker.billing import Billing
+from worker.engine.state import Outcome
 from worker.metrics import WorkerMetrics
+from worker.traces import OFF, JobTrace
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,16 @@ class Task:
     rq_id: str = ""
     attempt: int = 1  # which run of the job this is: only the owning attempt publishes
     timeout: float | None = None
+    trace: JobTrace = OFF  # its spans (worker/traces.py), ended with it
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)  # when the worker claimed it
     step_s: float | None = None  # seconds per step, claim to stored images, once it succeeded
+    steps: int = 0  # denoising steps it ran
+    worker_s: float = 0.0  # its share of the engine's time, then its own storing (usage)
+
+    def ended_as(self, outcome: Outcome) -> None:
+        """Take what the engine found and spent on the job."""
+        self.warnings, self.steps, self.worker_s = outcome.warnings, outcome.steps, outcome.worker_s
 
 
 def durably(write: Callable[..., bool], *args: object) -> bool:
@@ -66,34 +77,48 @@ class Outcomes:
         storage: Storage,
         service_rate: ServiceRate | None = None,
         metrics: WorkerMetrics | None = None,
+        billing: Billing | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.service_rate = service_rate
         self.metrics = metrics or WorkerMetrics("")
+        self.billing = billing
 
     def fail(
-        self, job_id: str, code: str, message: str, worker: str, attempt: int | None = None
+        self,
+        job_id: str,
+        code: str,
+        message: str,
+        worker: str,
+        attempt: int | None = None,
+        task: Task | None = None,
     ) -> None:
         """Fail the job if it is still running on `worker` (and `attempt`); a no-op once it
-        has ended or runs again."""
+        has ended or runs again. The `task` that ran, if any, is billed."""
         try:
             error = JobError(code=code, message=message)
             if durably(self.store.fail, job_id, error, worker, attempt):
                 log.warning("job %s failed: %s", job_id, code)
                 self.metrics.job_ended(job_id, JobStatus.FAILED)
+                self._bill(task)
         except RedisError:
             # RQ's failure callback tries again for the job RQ gave us.
             log.exception("could not record the failure of job %s", job_id)
+        if task is not None:
+            task.trace.end(f"{code}: {message}")
 
-    def cancel(self, job_id: str, worker: str, attempt: int | None = None) -> None:
+    def cancel(self, task: Task, worker: str) -> None:
         """The job stopped at a step boundary on request: canceled (if still ours)."""
+        job_id = task.job_id
         try:
-            if durably(self.store.mark_canceled, job_id, worker, attempt):
+            if durably(self.store.mark_canceled, job_id, worker, task.attempt):
                 log.info("job %s canceled", job_id)
                 self.metrics.job_ended(job_id, JobStatus.CANCELED)
+                self._bill(task)
         except RedisError:
             log.exception("could not record the cancel of job %s", job_id)
+        task.trace.end("canceled: on request")
 
     def succeed(self, done: list[tuple[Task, list[Image.Image]]], worker: str) -> set[str]:
         """Encode and store each job's images, then record its success; returns the ids of
@@ -102,13 +127,17 @@ class Outcomes:
         for task, images in done:
             token = bind(job_id=task.job_id)
             try:
-                infos = self._store_images(task, images)
+                storing = time.perf_counter()
+                with task.trace.stage("encode.upload", {"ldm.images": len(images)}):
+                    infos = self._store_images(task, images)
+                task.worker_s += time.perf_counter() - storing
                 published = durably(
                     self.store.succeed, task.job_id, infos, worker, task.warnings, task.attempt
                 )
                 if published:
                     self.metrics.job_ended(task.job_id, JobStatus.SUCCEEDED)
                     task.step_s = (time.monotonic() - task.started) / task.params.denoising_steps
+                    self._bill(task, len(infos))
                 else:
                     log.warning("job %s ended elsewhere meanwhile; images unused", task.job_id)
             except Exception:
@@ -118,8 +147,13 @@ class Outcomes:
             finally:
                 self._drop_init_image(task, worker)
                 unbind(token)
+                task.trace.end(f"internal: {STORE_FAILED}" if task.job_id in failed else None)
         self._count([task for task, _ in done])
         return failed
+
+    def _bill(self, task: Task | None, images: int = 0) -> None:
+        if self.billing is not None and task is not None:
+            self.billing.ended(task.job_id, Counts(0, images, task.steps, task.worker_s))
 
     def clean_up(self, task: Task, worker: str) -> None:
         """Once a job has ended: its init image goes, and it counts as served. Never raises:

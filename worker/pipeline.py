@@ -29,6 +29,7 @@ from worker.engine.state import EngineRequest
 from worker.families import load_family
 from worker.families.base import InvalidInput
 from worker.tiny_model import ensure_tiny_model
+from worker.weights_version import weights_version
 
 __all__ = ["InvalidInput", "ResidentPipeline", "free_memory", "resolve_device", "resolve_dtype"]
 
@@ -98,6 +99,7 @@ class ResidentPipeline:
         )
         self.native_size = self.family.native_size
         self.max_cost: int | None = None  # rows x latent pixels a forward holds (fit_budget)
+        self.version: str | None = None  # the weights' digest, set by `load` (result cache)
         if settings.vae_tiling and hasattr(pipe, "vae"):
             pipe.vae.enable_tiling()
         log.info("%s runs as the %s family", type(pipe).__name__, self.family.name)
@@ -126,7 +128,9 @@ class ResidentPipeline:
         if settings.compile and hasattr(pipe, denoiser):
             # Compiled once per input shape: warm-up compiles the shapes jobs will use.
             setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
-        return cls(pipe, device, settings)
+        resident = cls(pipe, device, settings)
+        resident.version = weights_version(source, pipe, dtype)
+        return resident
 
     def engine(self, max_batch: int | None = None) -> Engine:
         """A fresh engine over this pipeline; `max_batch` guided images at native size fill a

@@ -23,6 +23,7 @@ from app.core.recovery import retry_lost
 from app.core.settings import Settings
 from app.core.storage import Storage, init_image_key, mask_image_key
 from app.core.store import JobStore
+from worker.billing import Billing
 from worker.claims import Claimed, Claims
 from worker.engine.loop import Engine
 from worker.engine.state import EngineRequest, Outcome
@@ -50,6 +51,7 @@ class Server:
         redis: Redis,
         storage: Storage,
         metrics: WorkerMetrics | None = None,
+        billing: Billing | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -61,7 +63,7 @@ class Server:
         self.name = self.books.name
         self.claims = Claims(redis, self.store, queue.key, self.name, spec.name, settings)
         self.progress = ProgressReporter(self.store, self.name)
-        self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics)
+        self.outcomes = Outcomes(self.store, storage, ServiceRate(redis), self.metrics, billing)
         self.finisher = Finisher()
         self.previews = Previews(redis, engine.family, settings, self.name)
         self.tasks: dict[str, Task] = {}
@@ -112,24 +114,27 @@ class Server:
     def _hand_back(self) -> None:
         """A forced stop: the jobs still running go back to the queue, as if this worker had
         been killed (a bounded number of attempts), without waiting to be found lost."""
+        self.progress.flush()  # a step write in flight would void each hand-back's transaction
         queue = JobQueue(self.store.redis, self.store, self.settings.job_timeout)
+        attempts = self.settings.max_attempts
         for task in list(self.tasks.values()):
             try:
-                outcome = retry_lost(
-                    queue, task.job_id, task.params, self.name, self.settings.max_attempts
-                )
+                outcome = retry_lost(queue, task.job_id, task.params, self.name, attempts)
             except RedisError:
                 # It stays ours in Redis; once we leave the registry it is found lost.
                 log.warning("could not hand job %s back; it is found lost soon", task.job_id)
                 continue
             log.warning("job %s handed back on a forced stop: %s", task.job_id, outcome)
             self.books.ended(task.rq_id, "worker_lost: the worker stopped")
+            task.trace.end("worker_lost: handed back")
         self.tasks.clear()
 
     def _register(self) -> None:
         while not self.stop_now:
             try:
                 self.books.register()
+                if self.outcomes.billing is not None:
+                    self.outcomes.billing.publish()  # the weights it runs: the API caches by
                 return
             except RedisError:
                 # Redis is away (a restart, a failover): keep the loaded pipeline and retry.
@@ -181,7 +186,7 @@ class Server:
             # A claim retried after a lost reply names it again. (A rerun of a job this worker
             # still holds cannot be claimed here: reruns only go into an empty engine.)
             return
-        task = Task(job.job_id, job.params, rq_id=job.rq_id, attempt=job.attempt)
+        task = Task(job.job_id, job.params, rq_id=job.rq_id, attempt=job.attempt, trace=job.trace)
         self.tasks[job.job_id] = task
         task.timeout = job.timeout or self.settings.job_timeout
         self.books.started(job.rq_id)
@@ -198,9 +203,9 @@ class Server:
             log.info("job %s runs again (attempt %d), alone", job.job_id, job.attempt)
             self.alone = job.job_id
         deadline = time.monotonic() + task.timeout
-        self.engine.submit(
-            EngineRequest(job.job_id, job.params, task.init_image, deadline, task.mask)
-        )
+        request = EngineRequest(job.job_id, job.params, task.init_image, deadline, task.mask)
+        request.trace = job.trace  # its engine stages join its trace
+        self.engine.submit(request)
 
     def _input(self, key: str) -> Image.Image:
         image = Image.open(io.BytesIO(self.storage.get(key)))
@@ -247,12 +252,13 @@ class Server:
             self._retired = True
             if self.alone == task.job_id:
                 self.alone = None
-            task.warnings = outcome.warnings
+            task.ended_as(outcome)
             if task.job_id in self._lost:
                 self._lost.discard(task.job_id)
                 if not outcome.ok:  # dropped: it is another attempt's to end, not ours
                     self.progress.forget([task.job_id])
                     self.books.ended(task.rq_id, "worker_lost: it runs again")
+                    task.trace.end("worker_lost: it runs again")
                     continue
             if outcome.ok:
                 # Counted by the chaos bench: a job denoised twice ran twice, whoever published.
@@ -285,11 +291,11 @@ class Server:
         code, message = error
         worker = self.name
         if code == "canceled":
-            self.outcomes.cancel(task.job_id, worker, task.attempt)
+            self.outcomes.cancel(task, worker)
             self.books.ended(task.rq_id)
         else:
             if code == "timeout":
                 message = f"the job ran longer than {task.timeout:g} s"
-            self.outcomes.fail(task.job_id, code, message, worker, task.attempt)
+            self.outcomes.fail(task.job_id, code, message, worker, task.attempt, task)
             self.books.ended(task.rq_id, f"{code}: {message}")
         self.outcomes.clean_up(task, worker)

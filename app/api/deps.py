@@ -15,10 +15,12 @@ from app.core.limits import RateLimiter, ServiceRate
 from app.core.loras import Registry
 from app.core.models import ModelSpec
 from app.core.queue import JobQueue
+from app.core.result_cache import ResultCache
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.core.store import JobStore
 from app.core.tenants import OPEN_TENANT, ApiKeys
+from app.core.usage import Usage
 from app.core.workers import WorkerRegistry
 
 
@@ -42,6 +44,8 @@ class Services:
     service_rate: ServiceRate
     rate_limiter: RateLimiter | None
     loras: Registry
+    cache: ResultCache
+    usage: Usage
 
 
 # Dependencies that never block are `async def`: FastAPI runs a plain `def` one in the thread

@@ -19,7 +19,7 @@ from app.api.openai_errors import OpenAIProblem
 from app.api.openai_schemas import ImageOptions
 from app.core.images import encode_image
 from app.core.jobs import Job, JobStatus
-from app.core.storage import image_key
+from app.core.storage import stored_image_key
 
 _QUALITIES = {"low", "medium", "high", "auto"}
 # This service counts no tokens; the event's `usage` is required, so it says zero.
@@ -137,7 +137,7 @@ class ImageStream:
                     sent += 1
 
     def _completed(self, job: Job, index: int) -> bytes:
-        key = image_key(job.id, index, job.request.output_format, attempt=job.attempt)
+        key = stored_image_key(job, index)
         data = self.services.storage.get(key)
         return _sse(
             f"{self.kind}.completed",

@@ -17,13 +17,23 @@ from app.core.errors import (
 )
 from app.core.eta import eta_seconds
 from app.core.images import decode_init_image, decode_mask, to_png
-from app.core.jobs import JOB_ID_PATTERN, Job, JobCreate, JobStatus, Webhook, new_job_id
+from app.core.jobs import (
+    JOB_ID_PATTERN,
+    Job,
+    JobCreate,
+    JobParams,
+    JobStatus,
+    Webhook,
+    new_job_id,
+)
 from app.core.logs import annotate
 from app.core.policy import TenantPolicy, job_cost
 from app.core.queue import Idempotency
 from app.core.resolve import resolve_request, select_model
+from app.core.result_cache import Hit
 from app.core.settings import Settings
 from app.core.storage import init_image_key, mask_image_key
+from app.core.usage import Counts
 from app.core.webhooks import check_webhook_url
 
 
@@ -96,6 +106,27 @@ def check_policy(services: Services, tenant: str, policy: TenantPolicy, body: Jo
             )
 
 
+def answer_from_cache(
+    services: Services,
+    tenant: str,
+    job_id: str,
+    params: JobParams,
+    hit: Hit,
+    idempotency: Idempotency | None,
+    webhook: Webhook | None,
+) -> Submission:
+    """A job the result cache answers: written succeeded with the images of the identical job
+    that ran, and booked to the tenant's usage as a cached job (no steps, no worker time)."""
+    submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook, cache=hit)
+    if submitted.job_id != job_id:  # a concurrent duplicate on another replica won
+        return Submission(load_job(services, submitted.job_id, tenant), replayed=True)
+    services.queue.await_replicas(job_id)
+    services.metrics.jobs_submitted.labels(params.model).inc()
+    used = Counts(images=params.num_images, cached_jobs=1)
+    services.usage.record(services.store.key(job_id), used)
+    return Submission(load_job(services, job_id, tenant), replayed=False)
+
+
 def submit(
     services: Services, tenant: str, body: JobCreate, idempotency_key: str | None = None
 ) -> Submission:
@@ -132,21 +163,28 @@ def submit(
         services.loras.adapters(spec.name) if body.loras else None,
     )
     webhook = checked_webhook(body, settings)
+    job_id = new_job_id()
+    annotate(job_id=job_id)
+    inputs = {init_image_key(job_id): init_image, mask_image_key(job_id): mask}
+    # Workers read normalised PNGs from storage; the queue payload stays small.
+    inputs = {key: to_png(image) for key, image in inputs.items() if image is not None}
+    cache = None
+    if body.cache and settings.result_cache:
+        cache = services.cache.look_up(tenant, params, list(inputs.values()))
+        if isinstance(cache, Hit):
+            return answer_from_cache(services, tenant, job_id, params, cache, idempotency, webhook)
     if (depth := services.queue.depth(spec.name)) >= settings.max_queue_length:
         # Come back when the queue has drained below the cap at the rate it drains now.
         wait = services.service_rate.retry_after(spec.name, depth - settings.max_queue_length + 1)
         raise QueueFull(f"{spec.name} has {depth} jobs waiting; retry later", wait)
-    job_id = new_job_id()
-    annotate(job_id=job_id)
-    inputs = {init_image_key(job_id): init_image, mask_image_key(job_id): mask}
-    inputs = {key: image for key, image in inputs.items() if image is not None}
-    for key, image in inputs.items():
-        # Workers read normalised PNGs from storage; the queue payload stays small.
-        services.storage.put(key, to_png(image), "image/png")
+    for key, data in inputs.items():
+        services.storage.put(key, data, "image/png")
     submitted = None
     try:
         share = job_cost(params) / policy.weight
-        submitted = services.queue.accept(job_id, params, tenant, idempotency, webhook, share)
+        submitted = services.queue.accept(
+            job_id, params, tenant, idempotency, webhook, share, cache
+        )
     finally:
         if submitted is None or submitted.job_id != job_id:
             for key in inputs:

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 MAX_SEED = 2**32 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -102,6 +102,11 @@ class JobCreate(BaseModel):
         default_factory=list,
         description="Adapters to apply, from the model's `loras` in /v1/models; jobs with "
         "different stacks still share the GPU's forward passes.",
+    )
+    cache: bool = Field(
+        True,
+        description="Answer from the exact-result cache when an identical job (same model "
+        "weights, resolved request and seed) already succeeded; false always runs it.",
     )
     webhook_url: str | None = Field(
         None,
@@ -207,6 +212,17 @@ class Job(BaseModel):
         description="What the worker changed or found about the picture, e.g. a prompt cut "
         "at the text encoder's 77 tokens, VAE tiling, the safety checker's verdict.",
     )
+    cached: bool = Field(
+        False,
+        description="Answered from the exact-result cache: the images of an identical job "
+        "that already ran, served without a GPU.",
+    )
+    # A cached job serves the stored files of the job (and attempt) that made them.
+    _images_from: tuple[str, int] | None = PrivateAttr(None)
+
+    def images_owner(self) -> tuple[str, int]:
+        """The job and attempt whose stored files are this job's images."""
+        return self._images_from or (self.id, self.attempt)
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -10,9 +10,11 @@ from rq import Callback, Queue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from app.core import tracing
 from app.core.errors import FieldError, InvalidRequest, NotDurable
 from app.core.jobs import PRIORITIES, JobParams, JobStatus, Priority, Webhook, rq_job_id
 from app.core.models import queue_name
+from app.core.result_cache import Entry, Hit, ResultCache
 from app.core.store import JobStore
 from app.core.waiting import Waiting
 
@@ -112,9 +114,12 @@ class JobQueue:
         idempotency: Idempotency | None = None,
         webhook: Webhook | None = None,
         share: float = 1.0,
+        cache: Entry | Hit | None = None,
     ) -> Submitted:
         """`submit`, telling also what the transaction wrote: the new job's creation time and
-        its place in the queue right after it joined (so the caller need not read them back)."""
+        its place in the queue right after it joined (so the caller need not read them back).
+        With a cache `Hit` the job is written succeeded with its images, never queued; with
+        an `Entry`, the worker that runs it registers its result there."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -123,9 +128,18 @@ class JobQueue:
                         earlier = idempotency.earlier_job(pipe.get(idempotency.redis_key(tenant)))
                         if earlier is not None:
                             return Submitted(earlier)
-                    self.enqueue_attempt(job_id, params, pipe)
-                    self.store.create(job_id, params, tenant, pipe, webhook)
-                    self.waiting.add(pipe, job_id, job_id, params, share)
+                    if isinstance(cache, Hit):
+                        pipe.multi()
+                        made = cache.made_for(job_id)
+                        self.store.create_cached(job_id, params, tenant, made, pipe, webhook)
+                    else:
+                        self.enqueue_attempt(job_id, params, pipe)
+                        self.store.create(job_id, params, tenant, pipe, webhook)
+                        if traceparent := tracing.traceparent():  # its worker's spans join in
+                            pipe.hset(self.store.key(job_id), "traceparent", traceparent)
+                        self.waiting.add(pipe, job_id, job_id, params, share)
+                    if isinstance(cache, Entry):
+                        ResultCache.stamp(pipe, self.store.key(job_id), cache)
                     if idempotency is not None:
                         pipe.set(
                             idempotency.redis_key(tenant),

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         description="seconds between the API's expiry sweeps and lost-job checks",
     )
     max_attempts: int = Field(3, ge=1, description="runs of a job whose worker keeps dying")
+    result_cache: bool = Field(
+        True,
+        description="answer a job identical to one that succeeded (same weights, resolved "
+        "request and seed) from its stored images, without a GPU",
+    )
+    cache_shared: bool = Field(
+        False, description="the result cache answers any tenant, not only the one that asked"
+    )
 
     # Webhooks (Standard Webhooks signing) and the OpenAI-compatible endpoint
     webhook_secret: SecretStr | None = Field(

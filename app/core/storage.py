@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
+from app.core.jobs import Job
 from app.core.settings import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
@@ -114,6 +115,13 @@ def image_key(job_id: str, index: int, output_format: str, *, attempt: int) -> s
     a run given up for dead that finishes late cannot overwrite the files of the attempt that
     published (the job's record names the attempt whose images it holds)."""
     return f"{job_id}/a{attempt}/{index}.{output_format}"
+
+
+def stored_image_key(job: Job, index: int) -> str:
+    """Where image `index` of a job as read from its record is stored (a job answered from
+    the result cache serves the files of the job that ran)."""
+    owner, attempt = job.images_owner()
+    return image_key(owner, index, job.request.output_format, attempt=attempt)
 
 
 def init_image_key(job_id: str) -> str:

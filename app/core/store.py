@@ -87,6 +87,26 @@ class JobStore:
         pipe.hset(self.key(job_id), mapping=record)
         self.note_status(job_id, JobStatus.QUEUED, pipe)
 
+    def create_cached(
+        self,
+        job_id: str,
+        params: JobParams,
+        tenant: str,
+        made: tuple[str, list[ImageInfo], str],
+        pipe: Pipeline,
+        webhook: Webhook | None = None,
+    ) -> None:
+        """Write a job the result cache answers, in the caller's transaction: succeeded at once
+        with images `made` (by "<job>:<attempt>", whose files they are; warnings JSON)."""
+        images_from, images, warnings = made
+        self.create(job_id, params, tenant, pipe, webhook)
+        now = _now()
+        marks = {"cached": "1", "images_from": images_from, "started_at": now}
+        pipe.hset(self.key(job_id), mapping=marks)
+        payload = json.dumps([image.model_dump() for image in images])
+        done = {"finished_at": now, "images": payload, "warnings": warnings}
+        self._transition(job_id, (JobStatus.QUEUED,), JobStatus.SUCCEEDED, pipe=pipe, **done)
+
     def note_status(self, job_id: str, status: JobStatus, pipe: Pipeline) -> None:
         """Announce a state change made outside the Lua steps (submit, a rerun after a lost
         worker) on the job's event stream, in the caller's transaction."""
@@ -103,7 +123,7 @@ class JobStore:
         progress = None
         if "total_steps" in fields:
             progress = Progress(step=int(fields["step"]), total_steps=int(fields["total_steps"]))
-        return Job(
+        job = Job(
             id=job_id,
             status=JobStatus(fields["status"]),
             model=fields["model"],
@@ -119,7 +139,12 @@ class JobStore:
             images=json.loads(fields.get("images", "[]")),
             error=json.loads(fields["error"]) if "error" in fields else None,
             warnings=json.loads(fields.get("warnings", "[]")),
+            cached=fields.get("cached") == "1",
         )
+        if "images_from" in fields:
+            owner, attempt = fields["images_from"].rsplit(":", 1)
+            job._images_from = (owner, int(attempt))
+        return job
 
     def _transition(
         self,
@@ -128,6 +153,7 @@ class JobStore:
         to: JobStatus,
         owner: str = "",
         attempt: int | None = None,
+        pipe: Pipeline | None = None,
         **fields: str,
     ) -> bool:
         ttl = self.result_ttl if to.is_terminal() else 0
@@ -136,6 +162,9 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         keys = [self.key(job_id), EXPIRY_KEY, RUNNING_KEY]
+        if pipe is not None:
+            self._transition_script(keys=keys, args=args, client=pipe)
+            return True
         moved, _ = self._transition_script(keys=keys, args=args)
         return bool(moved)
 

@@ -31,6 +31,11 @@ class ApiKeys:
         """No keys configured: anyone may call the API."""
         return not self._tenants
 
+    @property
+    def tenants(self) -> set[str]:
+        """The configured tenants (`public` alone on an open service)."""
+        return {tenant for _, tenant in self._tenants} or {OPEN_TENANT}
+
     def tenant_of(self, key: str) -> str | None:
         """The tenant whose key this is, or None; the time taken does not depend on the key."""
         presented = _digest(key)

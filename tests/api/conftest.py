@@ -4,11 +4,24 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from redis import Redis
 
 from app.api.main import create_app
 from app.core.settings import Settings
 from app.core.workers import CLOCK_KEY
+
+# Two tenants' keys, for the `locked` service.
+ALICE = {"Authorization": "Bearer alice-key-0123"}
+BOB = {"Authorization": "Bearer bob-key-4567"}
+
+
+@pytest.fixture
+def locked(settings: Settings, redis: Redis) -> Iterator[TestClient]:
+    """The app with API keys: tenants alice and bob."""
+    keys = SecretStr("alice:alice-key-0123, bob:bob-key-4567")
+    with TestClient(create_app(settings.model_copy(update={"api_keys": keys}))) as client:
+        yield client
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """API keys and tenant isolation: every /v1 route needs a key; tenants see only their jobs."""
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,17 +10,7 @@ from redis import Redis
 from app.api.main import create_app
 from app.core.settings import Settings
 from app.core.tenants import ApiKeys
-from tests.api.conftest import assert_problem
-
-ALICE = {"Authorization": "Bearer alice-key-0123"}
-BOB = {"Authorization": "Bearer bob-key-4567"}
-
-
-@pytest.fixture
-def locked(settings: Settings, redis: Redis) -> Iterator[TestClient]:
-    keys = SecretStr("alice:alice-key-0123, bob:bob-key-4567")
-    with TestClient(create_app(settings.model_copy(update={"api_keys": keys}))) as client:
-        yield client
+from tests.api.conftest import ALICE, BOB, assert_problem
 
 
 def test_every_v1_route_needs_a_valid_key(locked: TestClient) -> None:

@@ -85,6 +85,7 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "/v1/models",
         "/v1/jobs/{job_id}/events",
         "/v1/images/generations",
+        "/v1/usage",
     }
     create = spec["components"]["schemas"]["JobCreate"]
     assert create["additionalProperties"] is False
@@ -106,6 +107,7 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
         "previews",
         "loras",
         "mask_image",
+        "cache",
         "webhook_url",
         "webhook_events",
     }
@@ -115,7 +117,8 @@ def test_openapi_matches_the_contract(client: TestClient) -> None:
     assert create["properties"]["priority"]["enum"] == ["high", "normal", "low"]
     assert create["properties"]["priority"]["default"] == "normal"
     job = spec["components"]["schemas"]["Job"]["properties"]
-    assert {"eta_seconds", "paused"} <= set(job)
+    assert {"eta_seconds", "paused", "cached"} <= set(job)
+    assert create["properties"]["cache"]["default"] is True
     assert create["properties"]["strength"]["default"] == 0.8
     assert create["properties"]["output_format"]["enum"] == ["png", "jpeg", "webp"]
     settings = client.app.state.services.settings

@@ -8,6 +8,7 @@ from redis import Redis
 from app.core.models import model_spec
 from app.core.settings import Settings
 from app.core.storage import LocalStorage, Storage
+from worker.billing import Billing
 from worker.engine.state import JobState
 from worker.metrics import WorkerMetrics
 from worker.pipeline import ResidentPipeline
@@ -33,16 +34,19 @@ ServerFactory = Callable[..., Server]
 def make_server(
     settings: Settings, redis: Redis, resident: ResidentPipeline, storage: LocalStorage
 ) -> ServerFactory:
-    """`make_server(max_batch=8, storage=None, metrics=None)`: a worker's server over the
-    resident tiny-sd, on the test Redis, as `worker.main.serve` builds it. Run it with
+    """`make_server(max_batch=8, storage=None, metrics=None, billing=None)`: a worker's server
+    over the resident tiny-sd, on the test Redis, as `worker.main.serve` builds it. Run it with
     `.serve(burst=True)`: it returns once the queue and the engine are empty."""
 
     def make(
-        max_batch: int = 8, storage: Storage | None = None, metrics: WorkerMetrics | None = None
+        max_batch: int = 8,
+        storage: Storage | None = None,
+        metrics: WorkerMetrics | None = None,
+        billing: Billing | None = None,
     ) -> Server:
         spec = model_spec(settings)
         engine = resident.engine(max_batch)
-        return Server(settings, spec, engine, redis, storage or default_storage, metrics)
+        return Server(settings, spec, engine, redis, storage or default_storage, metrics, billing)
 
     default_storage = storage
     return make

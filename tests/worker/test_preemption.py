@@ -106,9 +106,10 @@ def test_paused_jobs_resume_before_new_jobs_of_their_priority(
 def test_a_paused_job_can_be_canceled(
     queue: JobQueue, forwards: Forwards, make_server: ServerFactory
 ) -> None:
-    normal = submitted(queue, make_params(seed=1, num_inference_steps=8))
+    # Long jobs on either side: the low one stays paused (until one of them ends, when room
+    # comes back) far longer than a cancel takes to be read, even on a loaded machine.
+    normal = submitted(queue, make_params(seed=1, num_inference_steps=60))
     low = submitted(queue, make_params(seed=2, num_inference_steps=8, priority="low"))
-    # A long high job: the low one stays paused far longer than a cancel takes to be read.
     long_high = make_params(seed=3, num_inference_steps=60, priority="high")
     made = submit_during(forwards, queue, 1, long_high)
     real_hook = forwards.hook

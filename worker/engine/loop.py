@@ -21,7 +21,7 @@ from worker.engine.memory import (
     is_out_of_memory,
 )
 from worker.engine.preemption import to_pause
-from worker.engine.state import EngineRequest, JobState, Outcome
+from worker.engine.state import EngineRequest, JobState, Outcome, charge
 from worker.families.base import Family, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,9 @@ class Engine:
         for state in states:
             deadline = state.request.deadline
             if state.job_id in self._cancels:
-                outcomes.append(Outcome(state.job_id, error=("canceled", "canceled")))
+                outcomes.append(state.outcome(error=("canceled", "canceled")))
             elif deadline is not None and now > deadline:
-                outcomes.append(Outcome(state.job_id, error=("timeout", "the job ran too long")))
+                outcomes.append(state.outcome(error=("timeout", "the job ran too long")))
             else:
                 kept.append(state)
         return kept
@@ -178,7 +178,10 @@ class Engine:
 
     def _prepare(self, requests: list[EngineRequest]) -> list[Outcome]:
         try:
-            self.active += self.family.prepare(requests)
+            started = time.perf_counter()
+            states = self.family.prepare(requests)
+            charge(states, time.perf_counter() - started)  # text encoding, first latents
+            self.active += states
             return []
         except Exception as exc:
             if len(requests) > 1:
@@ -250,6 +253,7 @@ class Engine:
                 except Exception:
                     log.exception("the scheduler step of job %s failed", state.job_id)
                     outcomes += self._drop([state], INTERNAL)
+        charge(batch, time.perf_counter() - started)
         return outcomes
 
     def _forward(self, batch: list[JobState], split: bool) -> list[torch.Tensor | BaseException]:
@@ -273,7 +277,9 @@ class Engine:
     def _finish(self, finished: list[JobState]) -> list[Outcome]:
         self.active = [s for s in self.active if not s.done]
         try:
+            started = time.perf_counter()
             images = self.family.decode(finished)
+            charge(finished, time.perf_counter() - started)
         except Exception as exc:
             if len(finished) > 1:
                 free_memory(self.family.device)
@@ -283,13 +289,10 @@ class Engine:
                 return tiled
             error = OUT_OF_MEMORY if is_out_of_memory(exc) else INTERNAL
             log.warning("could not decode job %s", finished[0].job_id, exc_info=True)
-            return [Outcome(finished[0].job_id, error=error, warnings=finished[0].warnings)]
-        return [
-            Outcome(state.job_id, images=job_images, warnings=state.warnings, steps=state.index)
-            for state, job_images in zip(finished, images, strict=True)
-        ]
+            return [finished[0].outcome(error=error)]
+        return [state.outcome(images) for state, images in zip(finished, images, strict=True)]
 
     def _drop(self, states: list[JobState], error: tuple[str, str]) -> list[Outcome]:
         gone = {s.job_id for s in states}
         self.active = [s for s in self.active if s.job_id not in gone]
-        return [Outcome(s.job_id, error=error, warnings=s.warnings) for s in states]
+        return [s.outcome(error=error) for s in states]

@@ -48,4 +48,4 @@ def decode_in_tiles(family: Family, state: JobState) -> list[Outcome] | None:
     state.warnings.append(
         "the VAE ran out of memory and decoded in tiles, which changes the picture slightly"
     )
-    return [Outcome(state.job_id, images=images, warnings=state.warnings, steps=state.index)]
+    return [state.outcome(images)]

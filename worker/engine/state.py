@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from app.core.jobs import JobParams
+from worker.traces import OFF, JobTrace
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EngineRequest:
     mask: Image.Image | None = None
     # The job's LoRA stack, ((weights, scale), ...), once its family has them loaded.
     adapters: tuple = ()
+    trace: JobTrace = OFF  # its spans (worker/traces.py), recorded as the engine runs it
 
 
 @dataclass
@@ -45,6 +47,7 @@ class JobState:
     warnings: list[str] = field(default_factory=list)
     index: int = 0
     last_run: int = -1  # the engine iteration that last stepped this job
+    worker_s: float = 0.0  # its share of the engine's time so far (usage: see `charge`)
     # The scheduler's estimate of the clean latents after the last step, where its step gives
     # one (Euler, DDIM, LCM, ...): what a live preview shows.
     estimate: torch.Tensor | None = None
@@ -73,6 +76,13 @@ class JobState:
         """Rows this job adds to a denoiser forward."""
         return self.latents.shape[0] * (2 if self.cfg else 1)
 
+    def outcome(
+        self, images: list[Image.Image] | None = None, error: tuple[str, str] | None = None
+    ) -> "Outcome":
+        """How the job leaves the engine now: its images or error, the steps it ran and the
+        engine time it used."""
+        return Outcome(self.job_id, images or [], error, self.warnings, self.index, self.worker_s)
+
 
 @dataclass
 class Outcome:
@@ -84,7 +94,16 @@ class Outcome:
     error: tuple[str, str] | None = None
     warnings: list[str] = field(default_factory=list)
     steps: int = 0  # denoising steps it had finished
+    worker_s: float = 0.0  # its share of the engine's time (what its tenant's usage counts)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def charge(states: list[JobState], seconds: float) -> None:
+    """Share `seconds` of engine time among the jobs that used it, by the rows each took:
+    a batch's time is its members' time, so no second is billed twice or lost."""
+    rows = sum(state.rows for state in states)
+    for state in states:
+        state.worker_s += seconds * state.rows / rows

@@ -39,3 +39,7 @@ class PromptCache:
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)
         return out
+
+    def clear(self) -> None:
+        """Forget every kept embedding (benchmarks start each round cold)."""
+        self._kept.clear()

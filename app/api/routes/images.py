@@ -19,7 +19,7 @@ from app.api.submit import submit
 from app.core.errors import FieldError, InvalidRequest
 from app.core.events import wait_finished
 from app.core.jobs import Job, JobCreate, JobStatus
-from app.core.storage import image_key
+from app.core.storage import stored_image_key
 
 _STREAMED: dict[int | str, dict] = {
     200: {
@@ -138,7 +138,7 @@ def _images(services: Services, request: Request, job: Job, b64: bool) -> list[I
     """The job's images as URLs (signed storage URLs where storage has them) or base64."""
     data = []
     for index in range(len(job.images)):
-        key = image_key(job.id, index, job.request.output_format, attempt=job.attempt)
+        key = stored_image_key(job, index)
         if b64:
             data.append(ImageData(b64_json=base64.b64encode(services.storage.get(key)).decode()))
             continue

@@ -10,7 +10,7 @@ from app.api.errors import PROBLEM_RESPONSE
 from app.api.submit import load_job, submit
 from app.core.errors import ImageNotFound, JobConflict, JobNotFound
 from app.core.jobs import Job, JobCreate, JobStatus
-from app.core.storage import ObjectNotFound, image_key
+from app.core.storage import ObjectNotFound, stored_image_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # An id that cannot exist is simply not found (never a 422 that leaks the id format).
@@ -86,7 +86,7 @@ def get_image(job_id: JobId, index: int, services: ServicesDep, tenant: TenantDe
         raise ImageNotFound(f"job {job_id} is {job.status.value}; images come once it succeeds")
     if not 0 <= index < len(job.images):
         raise ImageNotFound(f"job {job_id} has images 0..{len(job.images) - 1}")
-    key = image_key(job_id, index, job.request.output_format, attempt=job.attempt)
+    key = stored_image_key(job, index)
     url = services.storage.url(key, services.settings.url_ttl)
     if url is not None:
         # Object storage serves the bytes; the signed URL expires, so it must not be cached.
