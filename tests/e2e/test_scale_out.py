@@ -15,7 +15,7 @@ from PIL import Image
 from app.core.workers import GONE_AFTER_S
 from scripts.procs import wait_until
 from scripts.stack import LocalStack
-from tests.e2e.conftest import BUSY, SLOW
+from tests.e2e.conftest import BEHIND_BUSY, BUSY, SLOW
 from worker.tiny_model import ensure_tiny_model
 
 
@@ -81,9 +81,10 @@ def test_queue_positions_agree_across_replicas(cluster: LocalStack) -> None:
     busy = [cluster.submit(BUSY)["id"] for _ in range(2)]
     for job_id in busy:
         cluster.wait(job_id, {"running"})
-    waiting = [
-        cluster.submit({"prompt": f"w{i}", "num_inference_steps": 2})["id"] for i in range(3)
-    ]
+    # Of BUSY's size: they wait behind it (a job of another size would join it at its next
+    # step, and leave the queue while it is being polled).
+    body = {"num_inference_steps": 2} | BEHIND_BUSY
+    waiting = [cluster.submit(body | {"prompt": f"w{i}"})["id"] for i in range(3)]
     for _ in range(2):  # consecutive polls land on different replicas
         assert [cluster.job(j)["queue_position"] for j in waiting] == [0, 1, 2]
     for job_id in busy:
