@@ -74,7 +74,7 @@ def test_a_canceled_job_raises_job_failed_and_cannot_be_canceled_twice(
 ) -> None:
     busy = client.submit(**BUSY)
     stack.wait(busy["id"], {"running"})
-    queued = client.submit("never", num_inference_steps=2)
+    queued = client.submit("never", num_inference_steps=2, **BEHIND_BUSY)  # waits behind it
     client.cancel(queued["id"])
     client.cancel(busy["id"])
     with pytest.raises(JobFailed) as failed:
@@ -196,7 +196,7 @@ def test_ctrl_c_while_waiting_offers_to_cancel(stack: LocalStack, tmp_path: Path
     stack.wait(busy["id"], {"running"})
     env = os.environ | {"LDM_URL": str(stack.http.base_url)}
     proc = subprocess.Popen(
-        [LDM, "generate", "waits", "--steps", "2"],
+        [LDM, "generate", "waits", "--steps", "2", "--size", "512x512"],  # behind busy
         cwd=tmp_path,
         env=env,
         stdin=subprocess.PIPE,

@@ -5,7 +5,7 @@ import signal
 import httpx
 
 from scripts.stack import LocalStack
-from tests.e2e.conftest import BUSY, SLOW
+from tests.e2e.conftest import BEHIND_BUSY, BUSY, SLOW
 
 
 def problem(response: httpx.Response, status: int) -> dict:
@@ -23,7 +23,9 @@ def busy_worker(stack: LocalStack) -> str:
 
 def test_waiting_jobs_know_their_place(stack: LocalStack) -> None:
     busy = busy_worker(stack)
-    waiting = [stack.submit({"prompt": f"w{i}", "num_inference_steps": 2}) for i in range(3)]
+    # BUSY's size: they wait behind it (another size would join it at its next step).
+    body = {"num_inference_steps": 2} | BEHIND_BUSY
+    waiting = [stack.submit(body | {"prompt": f"w{i}"}) for i in range(3)]
     assert [j["queue_position"] for j in waiting] == [0, 1, 2]
     assert stack.job(busy)["queue_position"] is None
     stack.http.post(f"/v1/jobs/{waiting[0]['id']}/cancel")
@@ -35,7 +37,7 @@ def test_waiting_jobs_know_their_place(stack: LocalStack) -> None:
 
 def test_cancel_a_queued_job(stack: LocalStack) -> None:
     busy = busy_worker(stack)
-    queued = stack.submit({"prompt": "never"})
+    queued = stack.submit({"prompt": "never"} | BEHIND_BUSY)
     response = stack.http.post(f"/v1/jobs/{queued['id']}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "canceled"
     stack.http.post(f"/v1/jobs/{busy}/cancel")

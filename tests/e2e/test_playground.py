@@ -80,7 +80,7 @@ def test_text_to_image_shows_queue_progress_and_images(stack: LocalStack, page: 
 
 def test_cancel_a_queued_job_from_the_page(stack: LocalStack, page: Page) -> None:
     with busy_worker(stack):
-        fill(page, "never drawn", Width=64, Height=64, Steps=4)
+        fill(page, "never drawn", Width=512, Height=512, Steps=4)  # BUSY's size: it waits
         generate(page)
         expect(status(page)).to_have_attribute("data-status", "queued")
         job = job_id(page)
@@ -121,8 +121,9 @@ def test_a_dropped_event_stream_resumes_where_it_left_off(stack: LocalStack, pag
     page.route("**/v1/jobs/*/events", drop_the_first)
     # The job waits behind a busy worker until the first stream has been served, so that stream
     # carries a job still to run (a job done by then would leave the page nothing to resume).
+    # BUSY's size: a job of another size would join it at its next step.
     with busy_worker(stack):
-        fill(page, "interrupted", Width=64, Height=64, Steps=4)
+        fill(page, "interrupted", Width=512, Height=512, Steps=4)
         generate(page)
         expect(status(page)).to_have_attribute("data-status", "queued")
         for _ in range(200):  # the route handler runs while Playwright waits
@@ -131,7 +132,7 @@ def test_a_dropped_event_stream_resumes_where_it_left_off(stack: LocalStack, pag
             page.wait_for_timeout(50)
     wait_finished(page)
     assert asked == [None, first[0]]  # it came back with Last-Event-ID
-    assert [i["width"] for i in loaded_images(page)] == [64]
+    assert [i["width"] for i in loaded_images(page)] == [512]
 
 
 @pytest.mark.parametrize("how", ["file input", "drop"])
