@@ -122,12 +122,16 @@ class ResultCache:
         return Entry(f"ldm:cache:{scope}:{digest.hexdigest()}", weights.decode())
 
     def look_up(
-        self, tenant: str, params: JobParams, inputs: Sequence[bytes]
+        self, tenant: str, params: JobParams, inputs: Sequence[bytes], find: bool = True
     ) -> Entry | Hit | None:
         """The cached result of this request (a `Hit`), else the `Entry` its result will be
-        registered at, else None (no worker has published the weights' version yet)."""
+        registered at, else None (no worker has published the weights' version yet). With
+        `find` false only the entry is made: a request whose seed was just drawn at random
+        has not been run before, and its look-up would be a round trip for nothing."""
         entry = self.entry(tenant, params, inputs)
-        return entry and (self.find(entry) or entry)
+        if entry is None or not find:
+            return entry
+        return self.find(entry) or entry
 
     def find(self, entry: Entry) -> Hit | None:
         """The cached result of `entry`, kept alive for another result TTL; None on a miss."""
